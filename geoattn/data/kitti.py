@@ -1,0 +1,410 @@
+"""KITTI object-detection readers and camera <-> LiDAR box conversions.
+
+Two sources are supported:
+
+* the raw KITTI layout ``<root>/<split>/{velodyne,image_2,calib,label_2}/<frame>.{bin,png,txt}``
+  (:func:`load_kitti_frame`);
+* mmdetection3d v1.x info pickles (``{'metainfo', 'data_list': [...]}``), read with a restricted unpickler
+  that only accepts plain containers and numpy arrays/scalars -- mmdet3d is never imported and a pickle
+  that asks for any other global is refused (:func:`load_info_pickle`, :func:`load_mmdet3d_frame`).
+
+Frames:
+    * LiDAR (velodyne): x forward, y left, z up; boxes ``(x, y, z, dx, dy, dz, heading)`` with the box
+      centre (OpenPCDet, the library convention).
+    * rectified camera (KITTI labels, mmdet3d ``bbox_3d``): x right, y down, z forward; boxes
+      ``(x, y, z, l, h, w, ry)`` with ``(x, y, z)`` the centre of the bottom face.
+    * ``lidar2cam`` below is the 4x4 map LiDAR -> *rectified* camera, i.e. ``R0_rect @ Tr_velo_to_cam``
+      (mmdet3d stores exactly this product for CAM2), and ``lidar2img = cam2img @ lidar2cam``.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geoattn.sparse.boxes import limit_angle
+
+__all__ = [
+    "KittiCalibration",
+    "KittiLabels",
+    "KittiFrame",
+    "read_velodyne",
+    "read_image",
+    "read_calib",
+    "read_label",
+    "load_info_pickle",
+    "load_kitti_frame",
+    "load_mmdet3d_frame",
+    "boxes_camera_to_lidar",
+    "boxes_lidar_to_camera",
+    "KITTI_CLASSES",
+]
+
+#: mmdetection3d's KITTI label order (``bbox_label_3d`` indexes it; -1 is DontCare).
+KITTI_CLASSES = ("Pedestrian", "Cyclist", "Car", "Van", "Truck", "Person_sitting", "Tram", "Misc")
+
+
+def _as_path(path, name: str) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"{name}: expected a str or pathlib.Path, got {type(path).__name__}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: no such file: {path}")
+    return path
+
+
+def read_velodyne(path, num_features: int = 4) -> Tensor:
+    """A KITTI ``.bin`` point cloud: float32 ``[N, num_features]`` (x, y, z, reflectance, ...)."""
+    path = _as_path(path, "path")
+    raw = np.fromfile(path, dtype=np.float32)
+    if raw.size % num_features != 0:
+        raise ValueError(f"path: {path} holds {raw.size} float32 values, not a multiple of "
+                         f"num_features={num_features}")
+    return torch.from_numpy(raw.reshape(-1, num_features).copy())
+
+
+def read_image(path) -> Tensor:
+    """An RGB image as uint8 ``[H, W, 3]`` (palette and grey images are converted to RGB)."""
+    path = _as_path(path, "path")
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - pillow ships with matplotlib
+        raise ImportError("reading images needs pillow: pip install 'geoattn[point]'") from error
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy())
+
+
+def _homogeneous(matrix, rows: int, cols: int, name: str) -> Tensor:
+    matrix = torch.as_tensor(np.asarray(matrix, dtype=np.float64))
+    if matrix.numel() != rows * cols:
+        raise ValueError(f"{name}: expected {rows * cols} values ({rows}x{cols}), got {matrix.numel()}")
+    out = torch.eye(4, dtype=torch.float64)
+    out[:rows, :cols] = matrix.reshape(rows, cols)
+    return out
+
+
+@dataclass
+class KittiCalibration:
+    """KITTI calibration as float64 4x4 homogeneous matrices.
+
+    Attributes:
+        P: ``[4, 4, 4]`` projection matrices of cameras 0..3 (rectified camera -> pixels).
+        R0_rect: ``[4, 4]`` rectifying rotation of camera 0.
+        Tr_velo_to_cam: ``[4, 4]`` LiDAR -> (unrectified) camera 0.
+        Tr_imu_to_velo: ``[4, 4]`` or ``None``.
+    """
+
+    P: Tensor
+    R0_rect: Tensor
+    Tr_velo_to_cam: Tensor
+    Tr_imu_to_velo: Tensor | None = None
+
+    @property
+    def lidar2cam(self) -> Tensor:
+        """LiDAR -> rectified camera, ``R0_rect @ Tr_velo_to_cam``."""
+        return self.R0_rect @ self.Tr_velo_to_cam
+
+    def cam2img(self, camera: int = 2) -> Tensor:
+        """Rectified camera -> homogeneous pixels of camera ``camera`` (4x4)."""
+        if camera not in (0, 1, 2, 3):
+            raise ValueError(f"camera: expected 0, 1, 2 or 3, got {camera!r}")
+        return self.P[camera]
+
+    def lidar2img(self, camera: int = 2) -> Tensor:
+        """LiDAR -> homogeneous pixels of camera ``camera`` (4x4)."""
+        return self.cam2img(camera) @ self.lidar2cam
+
+
+def read_calib(path) -> KittiCalibration:
+    """A KITTI ``calib/<frame>.txt`` (``P0..P3``, ``R0_rect``, ``Tr_velo_to_cam``, ``Tr_imu_to_velo``)."""
+    path = _as_path(path, "path")
+    values: dict[str, list[float]] = {}
+    for line in path.read_text().splitlines():
+        if ":" not in line:
+            continue
+        key, rest = line.split(":", 1)
+        values[key.strip()] = [float(v) for v in rest.split()]
+    missing = [key for key in ("P0", "P1", "P2", "P3", "R0_rect", "Tr_velo_to_cam") if key not in values]
+    if missing:
+        raise ValueError(f"path: {path} lacks calibration entries {missing}")
+    projections = torch.stack([_homogeneous(values[f"P{i}"], 3, 4, f"P{i}") for i in range(4)])
+    imu = values.get("Tr_imu_to_velo")
+    return KittiCalibration(
+        P=projections,
+        R0_rect=_homogeneous(values["R0_rect"], 3, 3, "R0_rect"),
+        Tr_velo_to_cam=_homogeneous(values["Tr_velo_to_cam"], 3, 4, "Tr_velo_to_cam"),
+        Tr_imu_to_velo=_homogeneous(imu, 3, 4, "Tr_imu_to_velo") if imu is not None else None,
+    )
+
+
+@dataclass
+class KittiLabels:
+    """Parsed ``label_2`` rows (or mmdet3d ``instances``), DontCare included unless filtered.
+
+    ``boxes_camera [K, 7]`` are ``(x, y, z, l, h, w, ry)`` in the rectified camera frame (bottom centre).
+    """
+
+    names: list[str]
+    truncated: Tensor
+    occluded: Tensor
+    alpha: Tensor
+    bbox: Tensor
+    boxes_camera: Tensor
+    score: Tensor | None = None
+    num_lidar_pts: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def select(self, keep: Tensor) -> "KittiLabels":
+        """The rows where boolean ``keep [K]`` is true."""
+        index = keep.nonzero().flatten()
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return KittiLabels([self.names[i] for i in index.tolist()], self.truncated[index],
+                           self.occluded[index], self.alpha[index], self.bbox[index],
+                           self.boxes_camera[index], pick(self.score), pick(self.num_lidar_pts))
+
+    def without_dontcare(self) -> "KittiLabels":
+        return self.select(torch.tensor([name != "DontCare" for name in self.names], dtype=torch.bool))
+
+
+def read_label(path) -> KittiLabels:
+    """A KITTI ``label_2/<frame>.txt`` (15 columns, a 16th score column for detections)."""
+    path = _as_path(path, "path")
+    names, rows, scores = [], [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) not in (15, 16):
+            raise ValueError(f"path: {path}:{number}: expected 15 or 16 columns, got {len(parts)}")
+        names.append(parts[0])
+        rows.append([float(v) for v in parts[1:15]])
+        if len(parts) == 16:
+            scores.append(float(parts[15]))
+    table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 14)
+    height, width, length = table[:, 7], table[:, 8], table[:, 9]
+    boxes = torch.stack([table[:, 10], table[:, 11], table[:, 12], length, height, width, table[:, 13]], 1)
+    score = torch.tensor(scores, dtype=torch.float64) if len(scores) == len(names) and scores else None
+    return KittiLabels(names, table[:, 0], table[:, 1].long(), table[:, 2], table[:, 3:7], boxes, score)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Box conversions
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_boxes7(boxes: Tensor, name: str) -> None:
+    if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 7:
+        shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"{name}: expected a tensor [K, 7], got {shape}")
+
+
+def _transform(points: Tensor, matrix: Tensor) -> Tensor:
+    matrix = matrix.to(points)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def boxes_camera_to_lidar(boxes_camera: Tensor, lidar2cam: Tensor) -> Tensor:
+    """Camera-frame KITTI boxes ``(x, y, z, l, h, w, ry)`` (bottom centre) -> LiDAR ``(x, y, z, dx, dy, dz,
+    heading)`` (centre).
+
+    The bottom centre is mapped exactly by the inverse of ``lidar2cam`` and the LiDAR box stands upright
+    on it (centre = bottom + h/2 along LiDAR +z), as mmdetection3d and OpenPCDet do; sizes become
+    ``(l, w, h)`` and the yaw ``heading = -ry - pi/2`` (the camera y axis is the LiDAR -z axis up to a
+    sub-degree tilt that the label format cannot express), wrapped into ``[-pi, pi)``.
+    :func:`boxes_lidar_to_camera` is the exact inverse.
+    """
+    _check_boxes7(boxes_camera, "boxes_camera")
+    length, height, width, ry = boxes_camera[:, 3], boxes_camera[:, 4], boxes_camera[:, 5], boxes_camera[:, 6]
+    cam2lidar = torch.linalg.inv(lidar2cam.to(torch.float64)).to(boxes_camera)
+    bottom = _transform(boxes_camera[:, 0:3], cam2lidar)
+    centre = torch.cat([bottom[:, :2], bottom[:, 2:3] + height[:, None] / 2], 1)
+    heading = limit_angle(-ry - math.pi / 2)
+    return torch.cat([centre, torch.stack([length, width, height, heading], 1)], 1)
+
+
+def boxes_lidar_to_camera(boxes_lidar: Tensor, lidar2cam: Tensor) -> Tensor:
+    """LiDAR boxes ``(x, y, z, dx, dy, dz, heading)`` -> camera-frame KITTI ``(x, y, z, l, h, w, ry)``."""
+    _check_boxes7(boxes_lidar, "boxes_lidar")
+    length, width, height = boxes_lidar[:, 3], boxes_lidar[:, 4], boxes_lidar[:, 5]
+    bottom = torch.cat([boxes_lidar[:, :2], boxes_lidar[:, 2:3] - height[:, None] / 2], 1)
+    bottom_camera = _transform(bottom, lidar2cam.to(boxes_lidar))
+    ry = limit_angle(-boxes_lidar[:, 6] - math.pi / 2)
+    return torch.cat([bottom_camera, torch.stack([length, height, width, ry], 1)], 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# mmdetection3d info pickles
+# ---------------------------------------------------------------------------------------------------------
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _InfoUnpickler(pickle.Unpickler):
+    """Unpickler that builds only containers, numbers, strings and numpy arrays/scalars."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an info pickle "
+                                     "(only plain containers and numpy arrays are allowed)")
+
+
+def load_info_pickle(path) -> dict | list:
+    """Read an mmdetection3d info pickle (or calib pickle) without importing mmdet3d.
+
+    Only dicts/lists/tuples, numbers, strings and numpy arrays/scalars are accepted; any other class in the
+    pickle raises ``pickle.UnpicklingError`` instead of running its code.
+    """
+    path = _as_path(path, "path")
+    with open(path, "rb") as handle:
+        return _InfoUnpickler(handle).load()
+
+
+@dataclass
+class KittiFrame:
+    """One KITTI frame in library conventions.
+
+    Attributes:
+        points: float32 ``[N, F]`` LiDAR points (x, y, z, reflectance, ...).
+        image: uint8 ``[H, W, 3]`` CAM2 image, or ``None`` when not loaded.
+        lidar2img: float64 ``{camera name: [4, 4]}`` (always has ``'CAM2'``).
+        lidar2cam: float64 ``[4, 4]`` LiDAR -> rectified camera.
+        boxes: ``[K, 7]`` LiDAR-frame boxes (DontCare removed).
+        labels: class names ``[K]``.
+        truncated, occluded: ``[K]`` as in the label file.
+        num_lidar_pts: ``[K]`` long when the source stores it, else ``None``.
+        boxes_camera: ``[K, 7]`` the original camera-frame boxes.
+        image_hw: ``(H, W)`` of CAM2.
+        sample_id: frame id.
+    """
+
+    points: Tensor
+    image: Tensor | None
+    lidar2img: dict[str, Tensor]
+    lidar2cam: Tensor
+    boxes: Tensor
+    labels: list[str]
+    truncated: Tensor
+    occluded: Tensor
+    boxes_camera: Tensor
+    image_hw: tuple[int, int]
+    num_lidar_pts: Tensor | None = None
+    sample_id: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def load_kitti_frame(root, frame_id, split: str = "training", load_image: bool = True,
+                     num_features: int = 4) -> KittiFrame:
+    """Read ``<root>/<split>/{velodyne,image_2,calib,label_2}/<frame_id>`` (``split`` may be ``''``)."""
+    root = _as_path(root, "root")
+    base = root / split if split else root
+    name = f"{int(frame_id):06d}" if str(frame_id).isdigit() else str(frame_id)
+    points = read_velodyne(base / "velodyne" / f"{name}.bin", num_features)
+    calib = read_calib(base / "calib" / f"{name}.txt")
+    image_path = base / "image_2" / f"{name}.png"
+    image = read_image(image_path) if load_image else None
+    if image is not None:
+        image_hw = (int(image.shape[0]), int(image.shape[1]))
+    else:
+        from PIL import Image
+
+        with Image.open(_as_path(image_path, "image")) as handle:
+            image_hw = (handle.height, handle.width)
+    label_path = base / "label_2" / f"{name}.txt"
+    if label_path.exists():
+        labels = read_label(label_path).without_dontcare()
+    else:
+        labels = KittiLabels([], torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.float64),
+                             torch.zeros(0, 7, dtype=torch.float64))
+    lidar2cam = calib.lidar2cam
+    return KittiFrame(
+        points=points, image=image,
+        lidar2img={f"CAM{i}": calib.lidar2img(i) for i in range(4)},
+        lidar2cam=lidar2cam,
+        boxes=boxes_camera_to_lidar(labels.boxes_camera, lidar2cam),
+        labels=labels.names, truncated=labels.truncated, occluded=labels.occluded,
+        boxes_camera=labels.boxes_camera, image_hw=image_hw, num_lidar_pts=None, sample_id=name,
+        extra={"calib": calib},
+    )
+
+
+def _resolve(root: Path, relative: str, subdirs: tuple[str, ...]) -> Path:
+    for sub in ("",) + subdirs:
+        candidate = root / sub / relative
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{relative!r} not found under {root} (tried {', '.join(('.',) + subdirs)})")
+
+
+def load_mmdet3d_frame(info_path, index: int = 0, root=None, load_image: bool = True,
+                       camera: str = "CAM2") -> KittiFrame:
+    """One frame of an mmdetection3d v1.x KITTI info pickle.
+
+    File names in the info (``lidar_points.lidar_path``, ``images.CAM2.img_path``) are looked up under
+    ``root`` (default: the pickle's folder), then under ``training/velodyne`` / ``training/image_2`` and
+    ``velodyne`` / ``image_2`` as mmdet3d lays them out.
+    """
+    info_path = _as_path(info_path, "info_path")
+    root = Path(root) if root is not None else info_path.parent
+    info = load_info_pickle(info_path)
+    if not isinstance(info, dict) or "data_list" not in info:
+        raise ValueError(f"info_path: {info_path} is not an mmdetection3d v1.x info pickle "
+                         "(expected a dict with 'data_list')")
+    frames = info["data_list"]
+    if not -len(frames) <= index < len(frames):
+        raise IndexError(f"index: {index} out of range for {len(frames)} frames")
+    entry = frames[index]
+    lidar = entry["lidar_points"]
+    num_features = int(lidar.get("num_pts_feats", 4))
+    points = read_velodyne(_resolve(root, lidar["lidar_path"], ("training/velodyne", "velodyne")), num_features)
+    images = entry.get("images", {})
+    if camera not in images or "lidar2img" not in images[camera]:
+        raise ValueError(f"camera: {camera!r} has no calibration in {info_path} (has {sorted(images)})")
+    lidar2img = {name: torch.tensor(np.asarray(cam["lidar2img"], dtype=np.float64))
+                 for name, cam in images.items() if "lidar2img" in cam}
+    cam = images[camera]
+    if "lidar2cam" in cam:
+        lidar2cam = torch.tensor(np.asarray(cam["lidar2cam"], dtype=np.float64))
+    else:
+        rect = torch.tensor(np.asarray(images["R0_rect"], dtype=np.float64))
+        lidar2cam = rect @ torch.tensor(np.asarray(lidar["Tr_velo_to_cam"], dtype=np.float64))
+    image = None
+    image_hw = (int(cam.get("height", 0)), int(cam.get("width", 0)))
+    if load_image and "img_path" in cam:
+        image = read_image(_resolve(root, cam["img_path"], ("training/image_2", "image_2")))
+        image_hw = (int(image.shape[0]), int(image.shape[1]))
+    instances = [inst for inst in entry.get("instances", []) if inst.get("bbox_label_3d", -1) >= 0]
+    as_tensor = lambda key, dtype=torch.float64, width=None: torch.tensor(  # noqa: E731
+        [inst[key] for inst in instances], dtype=dtype).reshape(-1, width) if width else torch.tensor(
+        [inst[key] for inst in instances], dtype=dtype)
+    boxes_camera = as_tensor("bbox_3d", width=7)
+    labels = [KITTI_CLASSES[inst["bbox_label_3d"]] if inst["bbox_label_3d"] < len(KITTI_CLASSES)
+              else str(inst["bbox_label_3d"]) for inst in instances]
+    return KittiFrame(
+        points=points, image=image, lidar2img=lidar2img, lidar2cam=lidar2cam,
+        boxes=boxes_camera_to_lidar(boxes_camera, lidar2cam), labels=labels,
+        truncated=as_tensor("truncated"), occluded=as_tensor("occluded", torch.long),
+        boxes_camera=boxes_camera, image_hw=image_hw,
+        num_lidar_pts=as_tensor("num_lidar_pts", torch.long) if all(
+            "num_lidar_pts" in inst for inst in instances) else None,
+        sample_id=str(entry.get("sample_idx", entry.get("sample_id", index))),
+        extra={"cam2img": {name: torch.tensor(np.asarray(c["cam2img"], dtype=np.float64))
+                           for name, c in images.items() if isinstance(c, dict) and "cam2img" in c}},
+    )
