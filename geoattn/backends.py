@@ -9,7 +9,7 @@ import functools
 import importlib
 import os
 
-__all__ = ["torch_scatter", "open3d_ops", "spconv", "triton", "forced_backend", "describe"]
+__all__ = ["torch_scatter", "open3d_ops", "spconv", "triton", "forced_backend", "debug_checks", "describe"]
 
 
 def _try_import(name: str):
@@ -54,6 +54,11 @@ def forced_backend() -> str | None:
     if value not in ("naive", "cpu", "triton"):
         raise ValueError(f"GEOATTN_BACKEND must be one of 'naive', 'cpu', 'triton', got {value!r}")
     return value
+
+
+def debug_checks() -> bool:
+    """``GEOATTN_DEBUG=1`` turns on value checks that cost a pass over the data (sortedness, index ranges)."""
+    return os.environ.get("GEOATTN_DEBUG", "") not in ("", "0")
 
 
 def _version(module) -> str:

@@ -113,20 +113,22 @@ def offsets_from_index(index: Tensor, num_segments: int | None = None) -> Tensor
     """CSR offsets ``[S + 1]`` from a sorted (ascending) segment index ``[N]``.
 
     ``num_segments`` defaults to ``index.max() + 1``; trailing empty segments need it explicitly.
-    An unsorted index raises ``ValueError``.
+    With ``GEOATTN_DEBUG=1`` an unsorted or out-of-range index raises ``ValueError`` (a full pass over the
+    index, so it is off by default).
     """
     _check_index_tensor("index", index)
     if num_segments is None:
         num_segments = int(index.max()) + 1 if index.numel() else 0
-    if index.numel() and index.device.type == "cpu":
+    if index.numel() and backends.debug_checks():
         if bool((index[1:] < index[:-1]).any()):
             raise ValueError("index: expected a sorted (ascending) index; sort it or use the scatter_* functions")
-        if int(index[0]) < 0 or int(index[-1]) >= num_segments:
-            raise ValueError(
-                f"index: expected values in [0, {num_segments}), got range [{int(index[0])}, {int(index[-1])}]"
-            )
-    counts = torch.bincount(index, minlength=num_segments)
-    return offsets_from_counts(counts)
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= num_segments:
+            raise ValueError(f"index: expected values in [0, {num_segments}), got range [{low}, {high}]")
+    if index.numel() == 0:
+        return index.new_zeros(num_segments + 1, dtype=torch.long)
+    # One binary-search pass (what torch's sparse COO->CSR conversion does), cheaper than bincount + cumsum.
+    return torch._convert_indices_from_coo_to_csr(index, num_segments, out_int32=False)
 
 
 def index_from_offsets(offsets: Tensor) -> Tensor:
@@ -152,9 +154,12 @@ def _segment_reduce(src: Tensor, offsets: Tensor, reduce: str) -> Tensor:
         return out[0] if isinstance(out, tuple) else out
     if reduce in ("max", "min"):
         out = torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
-        # Empty segments come back as -inf/+inf: define them as 0 without touching the autograd path of the rest.
-        empty = (offsets[1:] == offsets[:-1]).view((-1,) + (1,) * (src.dim() - 1))
-        return out.masked_fill(empty, 0)
+        # Empty segments come back as -inf/+inf; define them as 0 (a copy only when autograd needs it).
+        empty = offsets[1:] == offsets[:-1]
+        if bool(empty.any()):
+            empty = empty.view((-1,) + (1,) * (src.dim() - 1))
+            out = out.masked_fill(empty, 0) if out.requires_grad else out.masked_fill_(empty, 0)
+        return out
     return torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
 
 

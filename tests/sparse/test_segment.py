@@ -83,7 +83,7 @@ def test_softmax_half_precision_is_stable():
 
 
 @pytest.mark.parametrize("fn", [segment_sum, segment_mean, segment_max, segment_min, segment_softmax])
-def test_segment_gradcheck(fn):
+def test_segment_gradcheck(fn):  # includes an empty segment
     offsets = random_offsets([3, 0, 4, 1])
     src = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: fn(x, offsets), (src,))
@@ -122,13 +122,19 @@ def test_index_offsets_round_trip_and_trailing_empty():
     assert counts_from_offsets(offsets).tolist() == [2, 0, 3, 0, 0]
     assert torch.equal(index_from_offsets(offsets), index)
     assert offsets_from_index(torch.empty(0, dtype=torch.long)).tolist() == [0]
+    assert offsets_from_index(torch.empty(0, dtype=torch.long), 2).tolist() == [0, 0, 0]
+    assert offsets_from_index(index.int(), num_segments=5).tolist() == offsets.tolist()
 
 
-def test_bad_arguments_raise_clear_errors():
+def test_debug_checks_catch_unsorted_and_out_of_range_index(monkeypatch):
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
     with pytest.raises(ValueError, match="sorted"):
         offsets_from_index(torch.tensor([1, 0]))
     with pytest.raises(ValueError, match=r"index: expected values in \[0, 2\)"):
         offsets_from_index(torch.tensor([0, 3]), num_segments=2)
+
+
+def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"offsets\[-1\] == src.size\(0\) == 4"):
         segment_sum(torch.randn(4, 2), torch.tensor([0, 3]))
     with pytest.raises(TypeError, match="offsets: expected an integer tensor"):
