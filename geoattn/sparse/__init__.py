@@ -16,3 +16,15 @@ from geoattn.sparse.segment import (
     segment_softmax,
     segment_sum,
 )
+from geoattn.sparse.graph import (
+    CSRGraph,
+    NormalizedAdjacency,
+    csr_from_edge_index,
+    csr_to_edge_index,
+    gcn_norm_weights,
+    hop_features,
+    normalized_propagate,
+    one_hop_neighbors,
+    two_hop_neighbors,
+    two_hop_walk_counts,
+)
