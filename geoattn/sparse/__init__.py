@@ -28,3 +28,11 @@ from geoattn.sparse.graph import (
     two_hop_neighbors,
     two_hop_walk_counts,
 )
+from geoattn.sparse.voxel import (
+    Voxelization,
+    VoxelTensor,
+    grid_shape,
+    install_spconv_cpu_shim,
+    voxel_keys,
+    voxelize,
+)
