@@ -36,3 +36,4 @@ from geoattn.sparse.voxel import (
     voxel_keys,
     voxelize,
 )
+from geoattn.sparse.window import WindowBucket, WindowChunks, WindowIndex
