@@ -37,3 +37,4 @@ from geoattn.sparse.voxel import (
     voxelize,
 )
 from geoattn.sparse.window import WindowBucket, WindowChunks, WindowIndex
+from geoattn.sparse.neighbors import fps, grid_subsample, knn, neighbor_backend, radius
