@@ -38,3 +38,17 @@ from geoattn.sparse.voxel import (
 )
 from geoattn.sparse.window import WindowBucket, WindowChunks, WindowIndex
 from geoattn.sparse.neighbors import fps, grid_subsample, knn, neighbor_backend, radius
+from geoattn.sparse.geometry import (
+    LidarAugmentation,
+    compose_transforms,
+    estimate_normals,
+    invert_transform,
+    make_transform,
+    point_pair_features,
+    project_to_image,
+    quaternion_to_matrix,
+    random_rotation,
+    transform_points,
+    vector_angle,
+    weighted_kabsch,
+)
