@@ -16,11 +16,37 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    from geoattn.registration.commands import run_register
+
+    try:
+        return run_register(args)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _cmd_evaluate_3dmatch(args: argparse.Namespace) -> int:
+    from geoattn.registration.commands import run_evaluate
+
+    try:
+        return run_evaluate(args)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="versions and active backends")
     info.set_defaults(func=_cmd_info)
+    from geoattn.registration.commands import add_evaluate_arguments, add_register_arguments
+
+    register = sub.add_parser("register", help="rigidly align a source point cloud to a target (RoITr or FPFH)")
+    add_register_arguments(register)
+    register.set_defaults(func=_cmd_register)
+    evaluate = sub.add_parser("evaluate-3dmatch", help="IR / FMR / RR on a 3DMatch or 3DLoMatch benchmark")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate_3dmatch)
     return parser
 
 

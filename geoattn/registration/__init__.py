@@ -1,0 +1,39 @@
+"""Point cloud registration: RoITr coarse-to-fine matching, pose estimation, losses, metrics, the Open3D
+FPFH baseline, evaluation and file I/O.
+
+Names are imported lazily (PEP 562) so that the command line can build its parser from
+:mod:`geoattn.registration.commands` without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "read_point_cloud", "write_transform"],
+    "losses": ["overlap_circle_loss", "patch_overlaps", "transport_labels", "transport_nll_loss"],
+    "matching": ["Correspondences", "Patches", "fine_correspondences", "partition_points_to_nodes", "patch_scores",
+                 "superpoint_matching"],
+    "metrics": ["inlier_ratio", "information_rmse", "mean_distance_rmse", "relative_rotation_error",
+                "relative_translation_error", "rotation_to_quaternion", "summarize_benchmark"],
+    "pipeline": ["DEFAULT_WEIGHTS", "RegistrationResult", "RoITrRegistration", "default_weights_path", "load_roitr",
+                 "match_output", "prepare_cloud", "register", "roitr_training_loss", "save_roitr"],
+    "pose": ["PoseEstimate", "local_to_global_registration", "ransac_registration", "refine_pose"],
+    "fpfh": ["fpfh_registration", "icp_refine"],
+    "render": ["render_alignment"],
+    "evaluation": ["evaluate_3dmatch"],
+}
+_OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_OWNER)
+
+
+def __getattr__(name: str):
+    module = _OWNER.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geoattn.registration' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"geoattn.registration.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,282 @@
+"""End-to-end registration: preprocessing, RoITr matching and pose, the FPFH baseline, the training loss.
+
+Scale convention: a RoITr checkpoint is trained at one point spacing (``model.config.voxel_size``).
+:class:`RoITrRegistration` downsamples the user's clouds at their ``voxel_size`` and multiplies the
+coordinates by ``model.config.voxel_size / voxel_size`` so that the network always sees its training
+density; the translation is scaled back afterwards. Small objects (a 15 cm bunny at 5 mm) and rooms
+(5 cm) therefore use the same weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from geoattn.models.roitr import RoITr, RoITrConfig, RoITrOutput
+from geoattn.registration.losses import overlap_circle_loss, patch_overlaps, transport_labels, transport_nll_loss
+from geoattn.registration.matching import (
+    Correspondences,
+    fine_correspondences,
+    partition_points_to_nodes,
+    patch_scores,
+    superpoint_matching,
+)
+from geoattn.registration.pose import local_to_global_registration, ransac_registration
+from geoattn.sparse.geometry import estimate_normals
+from geoattn.sparse.neighbors import grid_subsample
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "RegistrationResult",
+    "default_weights_path",
+    "load_roitr",
+    "save_roitr",
+    "prepare_cloud",
+    "RoITrRegistration",
+    "match_output",
+    "roitr_training_loss",
+    "register",
+]
+
+DEFAULT_WEIGHTS = "roitr_synthetic.pt"
+
+
+@dataclass
+class RegistrationResult:
+    """A 4x4 ``transform`` (float64) mapping source into target, with diagnostics."""
+
+    transform: Tensor
+    method: str
+    seconds: float
+    inlier_ratio: float
+    num_correspondences: int
+    num_points: tuple[int, int]
+    timings: dict = field(default_factory=dict)
+    correspondences: Correspondences | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "transform": self.transform.double().tolist(),
+            "inlier_ratio": self.inlier_ratio,
+            "num_correspondences": self.num_correspondences,
+            "num_points": list(self.num_points),
+            "seconds": self.seconds,
+            "timings": self.timings,
+        }
+
+
+def default_weights_path() -> Path:
+    """Path of the checkpoint shipped in ``geoattn/weights``."""
+    return Path(str(resources.files("geoattn") / "weights" / DEFAULT_WEIGHTS))
+
+
+def save_roitr(model: RoITr, path: str | Path, meta: dict | None = None) -> None:
+    """Save ``{"config", "state_dict", "meta"}`` (loadable with ``weights_only=True``)."""
+    from geoattn.registration.io import atomic_write_bytes
+    import io
+
+    buffer = io.BytesIO()
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save({"config": model.config.to_dict(), "state_dict": state, "meta": meta or {}}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_roitr(weights: str | Path | None = None, device: str | torch.device = "cpu") -> RoITr:
+    """A :class:`RoITr` in eval mode from a checkpoint (the shipped one when ``weights`` is ``None``).
+
+    Training-time checkpoints of ``examples/train_roitr_3dmatch.py`` (with optimiser state) load too.
+    Raises ``FileNotFoundError`` / ``ValueError`` with a one-line reason.
+    """
+    path = Path(weights) if weights is not None else default_weights_path()
+    if not path.is_file():
+        hint = "" if weights is not None else " (the package ships without a checkpoint; pass --weights)"
+        raise FileNotFoundError(f"{path}: RoITr checkpoint not found{hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable RoITr checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a RoITr checkpoint (expected 'config' and 'state_dict' entries)")
+    model = RoITr(RoITrConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval()
+
+
+def prepare_cloud(points: Tensor, voxel_size: float, scale: float = 1.0, max_points: int | None = None,
+                  normal_k: int = 16, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Downsample ``points`` on a ``voxel_size`` grid, scale by ``scale``, keep at most ``max_points``
+    (a seeded random subset) and estimate normals. Returns ``(pos [N, 3], normal [N, 3])``."""
+    if points.dim() != 2 or points.size(1) != 3:
+        raise ValueError(f"points: expected [N, 3], got shape {tuple(points.shape)}")
+    if points.size(0) == 0:
+        raise ValueError("points: the point cloud is empty")
+    if voxel_size <= 0:
+        raise ValueError(f"voxel_size: expected a positive size, got {voxel_size}")
+    pos, _, _ = grid_subsample(points, voxel_size)
+    pos = pos * scale
+    if max_points is not None and pos.size(0) > max_points:
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(pos.size(0), generator=generator)[:max_points].sort().values
+        pos = pos[keep.to(pos.device)]
+    if pos.size(0) < 3:
+        raise ValueError(f"points: only {pos.size(0)} points remain after {voxel_size} voxel downsampling; "
+                         "use a smaller --voxel-size")
+    return pos, estimate_normals(pos, k=min(normal_k, pos.size(0)))
+
+
+class RoITrRegistration:
+    """Coarse-to-fine registration with a :class:`RoITr` model.
+
+    Args:
+        model: the network (switched to ``eval()`` here: training mode would not change the output,
+            but keeping inference in eval mode is a guard against label leakage in future heads).
+        voxel_size: downsampling grid of the user's clouds, in their units (``None``: the model's own).
+        max_points: cap per cloud after downsampling.
+        num_coarse: superpoint pairs kept by coarse matching; point_limit: points per patch.
+        fine_topk / fine_threshold: mutual top-k and confidence threshold of the fine matching.
+        estimator: ``"lgr"`` (local-to-global, default) or ``"ransac"``.
+        acceptance_radius: inlier radius in model units (default: twice the model's voxel size).
+        icp: refine with point-to-plane ICP on the input clouds (off by default).
+    """
+
+    def __init__(self, model: RoITr, voxel_size: float | None = None, max_points: int = 12000,
+                 num_coarse: int = 256, point_limit: int = 64, fine_topk: int = 3, fine_threshold: float = 0.05,
+                 estimator: str = "lgr", acceptance_radius: float | None = None, icp: bool = False,
+                 normal_k: int = 16, seed: int = 0):
+        if estimator not in ("lgr", "ransac"):
+            raise ValueError(f"estimator: expected 'lgr' or 'ransac', got {estimator!r}")
+        self.model = model.eval()
+        self.voxel_size = voxel_size if voxel_size is not None else model.config.voxel_size
+        if self.voxel_size <= 0:
+            raise ValueError(f"voxel_size: expected a positive size, got {self.voxel_size}")
+        self.scale = model.config.voxel_size / self.voxel_size
+        self.max_points, self.num_coarse, self.point_limit = max_points, num_coarse, point_limit
+        self.fine_topk, self.fine_threshold, self.estimator = fine_topk, fine_threshold, estimator
+        self.acceptance_radius = acceptance_radius or 2.0 * model.config.voxel_size
+        self.icp, self.normal_k, self.seed = icp, normal_k, seed
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def match(self, src_pos: Tensor, src_normal: Tensor, tgt_pos: Tensor, tgt_normal: Tensor
+              ) -> tuple[RoITrOutput, Correspondences]:
+        """Descriptors and correspondences of prepared clouds (model units)."""
+        output = self.model(src_pos, src_normal, tgt_pos, tgt_normal)
+        return output, match_output(self.model, output, self.num_coarse, self.point_limit, self.fine_topk,
+                                    self.fine_threshold)
+
+    def __call__(self, src: Tensor, tgt: Tensor) -> RegistrationResult:
+        start = time.perf_counter()
+        device = self.device
+        src_pos, src_normal = prepare_cloud(src.to(device).float(), self.voxel_size, self.scale, self.max_points,
+                                            self.normal_k, self.seed)
+        tgt_pos, tgt_normal = prepare_cloud(tgt.to(device).float(), self.voxel_size, self.scale, self.max_points,
+                                            self.normal_k, self.seed)
+        prepared = time.perf_counter()
+        _, corr = self.match(src_pos, src_normal, tgt_pos, tgt_normal)
+        matched = time.perf_counter()
+        if self.estimator == "lgr":
+            estimate = local_to_global_registration(corr.src, corr.tgt, corr.scores, corr.patch,
+                                                    self.acceptance_radius)
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            estimate = ransac_registration(corr.src, corr.tgt, corr.scores, distance=self.acceptance_radius / 2,
+                                           generator=generator)
+        transform = estimate.transform.double().cpu().clone()
+        inliers = float(estimate.inliers.float().mean()) if estimate.inliers.numel() else 0.0
+        transform[:3, 3] /= self.scale
+        posed = time.perf_counter()
+        timings = {"prepare": prepared - start, "match": matched - prepared, "pose": posed - matched}
+        if self.icp:
+            from geoattn.registration.fpfh import icp_refine
+
+            transform = icp_refine(src, tgt, transform, self.voxel_size)
+            timings["icp"] = time.perf_counter() - posed
+        # correspondences are reported in the input frames (model units divided by the scale)
+        corr = Correspondences(corr.src / self.scale, corr.tgt / self.scale, corr.scores, corr.patch)
+        return RegistrationResult(transform, "roitr", time.perf_counter() - start, inliers, int(corr.src.size(0)),
+                                  (int(src_pos.size(0)), int(tgt_pos.size(0))), timings, corr)
+
+
+def match_output(model: RoITr, output: RoITrOutput, num_coarse: int = 256, point_limit: int = 64,
+                 fine_topk: int = 3, fine_threshold: float = 0.05) -> Correspondences:
+    """Coarse superpoint matching, patch optimal transport and mutual top-k on a model output."""
+    src_patches = partition_points_to_nodes(output.src_points, output.src_nodes, point_limit)
+    tgt_patches = partition_points_to_nodes(output.tgt_points, output.tgt_nodes, point_limit)
+    src_node, tgt_node, _ = superpoint_matching(output.src_node_feats, output.tgt_node_feats, num_coarse,
+                                                src_patches.node_valid, tgt_patches.node_valid)
+    src_patch, tgt_patch = src_patches.index[src_node], tgt_patches.index[tgt_node]
+    scores = patch_scores(output.src_point_feats, output.tgt_point_feats, src_patch, tgt_patch)
+    log_assignment = model.optimal_transport(scores, src_patch >= 0, tgt_patch >= 0)
+    return fine_correspondences(output.src_points, output.tgt_points, src_patch, tgt_patch, log_assignment,
+                                fine_topk, fine_threshold)
+
+
+def roitr_training_loss(model: RoITr, output: RoITrOutput, transform: Tensor, point_limit: int = 64,
+                        max_patch_pairs: int = 128, positive_overlap: float = 0.1, radius: float | None = None,
+                        generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Coarse circle loss + fine transport NLL for a pair with ground truth ``transform`` (model units).
+
+    The fine loss uses up to ``max_patch_pairs`` ground-truth patch pairs with overlap above
+    ``positive_overlap`` (sampled with ``generator``), not predicted ones, as in the paper. Returns a dict
+    with ``loss``, ``coarse_loss``, ``fine_loss`` and the diagnostics ``patch_precision`` (fraction of
+    predicted coarse pairs that overlap) and ``inlier_ratio`` of the predicted correspondences.
+    """
+    radius = radius or 2.0 * model.config.voxel_size
+    transform = transform.to(output.src_points)
+    src_patches = partition_points_to_nodes(output.src_points, output.src_nodes, point_limit)
+    tgt_patches = partition_points_to_nodes(output.tgt_points, output.tgt_nodes, point_limit)
+    src_node, tgt_node, overlap = patch_overlaps(output.src_points, output.tgt_points, src_patches.index,
+                                                 tgt_patches.index, transform, radius)
+    coarse = overlap_circle_loss(output.src_node_feats, output.tgt_node_feats, src_node, tgt_node, overlap,
+                                 positive_overlap)
+    positive = (overlap > positive_overlap).nonzero(as_tuple=True)[0]
+    if positive.numel() > max_patch_pairs:
+        positive = positive[torch.randperm(positive.numel(), generator=generator)[:max_patch_pairs].to(positive.device)]
+    if positive.numel() > 0:
+        src_patch, tgt_patch = src_patches.index[src_node[positive]], tgt_patches.index[tgt_node[positive]]
+        scores = patch_scores(output.src_point_feats, output.tgt_point_feats, src_patch, tgt_patch)
+        log_assignment = model.optimal_transport(scores, src_patch >= 0, tgt_patch >= 0)
+        labels = transport_labels(output.src_points, output.tgt_points, src_patch, tgt_patch, transform, radius)
+        fine = transport_nll_loss(log_assignment, labels)
+    else:
+        fine = output.src_point_feats.sum() * 0.0
+    with torch.no_grad():
+        overlapping = torch.zeros(output.src_nodes.size(0), output.tgt_nodes.size(0), dtype=torch.bool,
+                                  device=output.src_points.device)
+        overlapping[src_node, tgt_node] = True
+        pred_src, pred_tgt, _ = superpoint_matching(output.src_node_feats, output.tgt_node_feats, 64,
+                                                    src_patches.node_valid, tgt_patches.node_valid)
+        precision = overlapping[pred_src, pred_tgt].float().mean() if pred_src.numel() else coarse.new_zeros(())
+    return {"loss": coarse + fine, "coarse_loss": coarse.detach(), "fine_loss": fine.detach(),
+            "patch_precision": precision}
+
+
+def register(src: Tensor, tgt: Tensor, method: str = "roitr", voxel_size: float = 0.05,
+             weights: str | Path | None = None, device: str = "cpu", seed: int = 0, icp: bool = False,
+             estimator: str = "lgr", model: RoITr | None = None) -> RegistrationResult:
+    """Register ``src [N, 3]`` onto ``tgt [M, 3]`` with ``method`` ``"roitr"`` or ``"fpfh"``.
+
+    There is no fallback between methods: a missing checkpoint is an error, not a switch to FPFH.
+    """
+    if method == "roitr":
+        model = model if model is not None else load_roitr(weights, device)
+        pipeline = RoITrRegistration(model, voxel_size=voxel_size, icp=icp, estimator=estimator, seed=seed)
+        return pipeline(src, tgt)
+    if method == "fpfh":
+        from geoattn.registration.fpfh import fpfh_registration
+
+        start = time.perf_counter()
+        result = fpfh_registration(src, tgt, voxel_size, seed=seed, icp=True)
+        return RegistrationResult(result["transform"].double(), "fpfh", time.perf_counter() - start,
+                                  result["fitness"], result["num_correspondences"], result["num_points"],
+                                  result["timings"])
+    raise ValueError(f"method: expected 'roitr' or 'fpfh', got {method!r}")
+

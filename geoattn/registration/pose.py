@@ -1,0 +1,150 @@
+"""Rigid pose from weighted correspondences: local-to-global registration (LGR) and RANSAC.
+
+Both return a 4x4 ``T`` mapping source into target (``p' = p @ R.T + t``) and are deterministic
+given their inputs (RANSAC takes a ``torch.Generator``).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from geoattn.sparse.geometry import transform_points, weighted_kabsch
+
+__all__ = ["PoseEstimate", "local_to_global_registration", "ransac_registration", "refine_pose"]
+
+
+class PoseEstimate(NamedTuple):
+    """An estimated transform with the inlier mask of the correspondences it was scored on."""
+
+    transform: Tensor  # [4, 4]
+    inliers: Tensor  # [C] bool
+
+
+def _check_correspondences(src: Tensor, tgt: Tensor, weights: Tensor | None) -> None:
+    if src.dim() != 2 or src.size(1) != 3 or src.shape != tgt.shape:
+        raise ValueError(
+            f"src, tgt: expected two [C, 3] tensors of equal shape, got {tuple(src.shape)} and {tuple(tgt.shape)}"
+        )
+    if weights is not None and weights.shape != src.shape[:1]:
+        raise ValueError(f"weights: expected shape ({src.size(0)},), got {tuple(weights.shape)}")
+
+
+def _identity(like: Tensor) -> Tensor:
+    return torch.eye(4, dtype=like.dtype, device=like.device)
+
+
+def _residuals(transforms: Tensor, src: Tensor, tgt: Tensor) -> Tensor:
+    """``|T_h src_c - tgt_c|`` for hypotheses ``[H, 4, 4]`` -> ``[H, C]``."""
+    moved = src.unsqueeze(0) @ transforms[:, :3, :3].transpose(1, 2) + transforms[:, None, :3, 3]
+    return (moved - tgt.unsqueeze(0)).norm(dim=-1)
+
+
+def refine_pose(transform: Tensor, src: Tensor, tgt: Tensor, weights: Tensor, radius: float,
+                iterations: int = 5) -> PoseEstimate:
+    """Re-fit by weighted SVD on the correspondences within ``radius`` of ``transform``, ``iterations`` times."""
+    inliers = (transform_points(src, transform) - tgt).norm(dim=1) < radius
+    for _ in range(iterations):
+        if int(inliers.sum()) < 3:
+            break
+        transform = weighted_kabsch(src, tgt, weights * inliers.to(weights.dtype))
+        inliers = (transform_points(src, transform) - tgt).norm(dim=1) < radius
+    return PoseEstimate(transform, inliers)
+
+
+def local_to_global_registration(
+    src: Tensor,
+    tgt: Tensor,
+    weights: Tensor,
+    patch: Tensor,
+    acceptance_radius: float = 0.1,
+    min_local_correspondences: int = 3,
+    refine_iterations: int = 5,
+) -> PoseEstimate:
+    """GeoTransformer's LGR: one weighted-Procrustes hypothesis per patch pair, the one with the most
+    global inliers (residual < ``acceptance_radius``) wins, then weighted SVD on its inliers.
+
+    ``src, tgt [C, 3]``, ``weights [C]``, ``patch [C]`` (patch-pair id of each correspondence).
+    With fewer than three correspondences the identity is returned with no inliers.
+    """
+    _check_correspondences(src, tgt, weights)
+    if src.size(0) < 3:
+        return PoseEstimate(_identity(src), torch.zeros(src.size(0), dtype=torch.bool, device=src.device))
+    patch_ids, local = torch.unique(patch, return_inverse=True)
+    counts = torch.bincount(local, minlength=patch_ids.numel())
+    usable = counts >= min_local_correspondences
+    if not bool(usable.any()):
+        transform = weighted_kabsch(src, tgt, weights)
+        return refine_pose(transform, src, tgt, weights, acceptance_radius, refine_iterations)
+    # pad each patch's correspondences into [P, L, 3] with zero weights on the padding
+    order = torch.argsort(local, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(src.size(0), device=src.device) - starts[local[order]]
+    width = int(counts.max())
+    padded_src = src.new_zeros(patch_ids.numel(), width, 3)
+    padded_tgt = src.new_zeros(patch_ids.numel(), width, 3)
+    padded_w = weights.new_zeros(patch_ids.numel(), width)
+    padded_src[local[order], slot] = src[order]
+    padded_tgt[local[order], slot] = tgt[order]
+    padded_w[local[order], slot] = weights[order]
+    hypotheses = weighted_kabsch(padded_src[usable], padded_tgt[usable], padded_w[usable])
+    inlier_counts = (_residuals(hypotheses, src, tgt) < acceptance_radius).sum(dim=1)
+    best = hypotheses[int(inlier_counts.argmax())]
+    return refine_pose(best, src, tgt, weights, acceptance_radius, refine_iterations)
+
+
+def ransac_registration(
+    src: Tensor,
+    tgt: Tensor,
+    weights: Tensor | None = None,
+    distance: float = 0.05,
+    max_iterations: int = 50000,
+    confidence: float = 0.999,
+    batch_size: int = 512,
+    generator: torch.Generator | None = None,
+    refine_iterations: int = 5,
+) -> PoseEstimate:
+    """RANSAC over correspondences with early stopping.
+
+    Minimal samples of three are drawn with probability proportional to ``weights`` (uniform when
+    ``None``), ``batch_size`` hypotheses at a time; a sample whose edge lengths disagree by more than
+    10 % between the clouds is rejected before scoring (Open3D's edge-length checker). The loop stops
+    once ``log(1 - confidence) / log(1 - w^3)`` hypotheses were scored, ``w`` being the best inlier
+    fraction so far (``confidence`` in [0, 1)). The winner is re-fitted on its inliers.
+    """
+    _check_correspondences(src, tgt, weights)
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence: expected a probability in [0, 1), got {confidence}")
+    count = src.size(0)
+    if count < 3:
+        return PoseEstimate(_identity(src), torch.zeros(count, dtype=torch.bool, device=src.device))
+    probability = (weights if weights is not None else src.new_ones(count)).clamp(min=0).double()
+    if float(probability.sum()) <= 0:
+        probability = torch.ones_like(probability)
+    best_transform, best_count = _identity(src), -1
+    scored, required = 0, max_iterations
+    while scored < min(required, max_iterations):
+        draws = min(batch_size, max_iterations - scored)
+        sample = torch.multinomial(probability.expand(draws, -1), 3, replacement=False, generator=generator)
+        sample = sample.to(src.device)
+        s, t = src[sample], tgt[sample]
+        edge_s = (s - s.roll(1, dims=1)).norm(dim=-1)
+        edge_t = (t - t.roll(1, dims=1)).norm(dim=-1)
+        consistent = ((edge_s > 0.9 * edge_t) & (edge_t > 0.9 * edge_s)).all(dim=1)
+        scored += draws
+        if not bool(consistent.any()):
+            continue
+        hypotheses = weighted_kabsch(s[consistent], t[consistent])
+        inlier_counts = (_residuals(hypotheses, src, tgt) < distance).sum(dim=1)
+        top = int(inlier_counts.argmax())
+        if int(inlier_counts[top]) > best_count:
+            best_count, best_transform = int(inlier_counts[top]), hypotheses[top]
+            fraction = best_count / count
+            if fraction >= 1.0:
+                break
+            if fraction > 0:
+                required = math.ceil(math.log(1.0 - confidence) / math.log(1.0 - fraction**3))
+    final_weights = weights if weights is not None else src.new_ones(count)
+    return refine_pose(best_transform, src, tgt, final_weights, distance, refine_iterations)
