@@ -1,0 +1,1 @@
+from geoattn.models.roitr import RoITr, RoITrConfig, RoITrOutput

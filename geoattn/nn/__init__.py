@@ -1,0 +1,3 @@
+from geoattn.nn.roitr import (GeometricStructureEmbedding, LearnableLogOptimalTransport, PositionalCrossAttentionBlock,
+                              PPFAttention, PPFAttentionBlock, RotationInvariantTransformer, RPESelfAttentionBlock,
+                              knn_interpolate, ppf_groups)
