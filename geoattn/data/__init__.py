@@ -3,3 +3,5 @@ from geoattn.data.ogb import (load_ogb_node_dataset, ogb_evaluator, ogb_node_spl
 from geoattn.data.scenes import EVAL_SEEDS, TRAIN_SEEDS, FragmentPair, SyntheticPairs, fragment_pair
 from geoattn.data.threedmatch import (ThreeDMatchPairs, read_fragment, read_gt_info, read_gt_log, read_gt_overlap,
                                      write_gt_log)
+from geoattn.data.largegt import (LargeGTBatch, LargeGTCollate, LargeGTTokens, precompute_hop_tokens,
+                                  precompute_largegt, sample_node_sequences)
