@@ -55,6 +55,17 @@ class WindowChunks:
     def num_chunks(self) -> int:
         return int(self.window.shape[0])
 
+    @property
+    def padding(self) -> tuple[Tensor, Tensor]:
+        """``(chunk, position)`` of every padding slot (``position >= length``), computed once."""
+        cached = self.__dict__.get("_padding")
+        if cached is None:
+            slots = torch.arange(self.chunk_size, device=self.window.device)
+            is_padding = slots.unsqueeze(0) >= self.length.unsqueeze(1)
+            cached = tuple(is_padding.nonzero().unbind(dim=1))
+            self.__dict__["_padding"] = cached
+        return cached
+
 
 @dataclass
 class WindowBucket:
