@@ -1,1 +1,2 @@
 from geoattn.models.roitr import RoITr, RoITrConfig, RoITrOutput
+from geoattn.models.largegt import LargeGT

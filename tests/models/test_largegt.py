@@ -1,0 +1,48 @@
+"""LargeGT model: modes, batch of one, parameter usage, reset, repr, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geoattn.models import LargeGT
+
+
+@pytest.mark.parametrize("mode", ["local", "global", "full"])
+def test_modes_shapes_and_all_parameters_used(mode):
+    model = LargeGT(10, 16, 3, num_nodes=30, mode=mode, num_centroids=8, global_channels=8)
+    tokens = torch.randn(6, 9, 10)
+    out = model(tokens, node_index=torch.arange(6))
+    assert out.shape == (6, 3)
+    out.sum().backward()
+    unused = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert unused == []  # DDP without find_unused_parameters needs every parameter in the graph
+    if mode == "global":
+        assert model(None, x=torch.randn(4, 10), node_index=torch.arange(4)).shape == (4, 3)
+
+
+def test_batch_of_one_train_and_eval_and_positional_encoding():
+    model = LargeGT(10, 16, 3, num_nodes=30, num_centroids=8, global_channels=8, pos_channels=4)
+    tokens, pos = torch.randn(1, 6, 10), torch.randn(1, 4)
+    model(tokens, node_index=torch.tensor([2]), pos_enc=pos).sum().backward()
+    model.eval()
+    assert model(tokens, pos_enc=pos).shape == (1, 3)
+
+
+def test_reset_parameters_and_repr():
+    model = LargeGT(10, 16, 3, num_nodes=30, num_centroids=8, global_channels=8)
+    before = model.head[0].weight.clone()
+    model.reset_parameters()
+    assert not torch.equal(before, model.head[0].weight)
+    assert repr(model) == "LargeGT(10, 16, 3, mode='full')"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        LargeGT(10, 16, 3, num_nodes=5, mode="both")
+    with pytest.raises(ValueError, match="num_nodes"):
+        LargeGT(10, 16, 3, mode="full")
+    model = LargeGT(10, 16, 3, mode="local")
+    with pytest.raises(ValueError, match=r"tokens: expected a 3-D tensor \[B, 3K, F\] with F=10"):
+        model(torch.randn(2, 3, 9))
+    with pytest.raises(ValueError, match="tokens: required"):
+        model(None, x=torch.randn(2, 10))
