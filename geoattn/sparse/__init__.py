@@ -33,6 +33,7 @@ from geoattn.sparse.voxel import (
     VoxelTensor,
     grid_shape,
     install_spconv_cpu_shim,
+    submanifold_neighbors,
     voxel_keys,
     voxelize,
 )

@@ -39,6 +39,7 @@ __all__ = [
     "VoxelTensor",
     "install_spconv_cpu_shim",
     "voxel_keys",
+    "submanifold_neighbors",
 ]
 
 
@@ -108,6 +109,45 @@ def voxel_keys(coords: Tensor, spatial_shape: Sequence[int]) -> Tensor:
     z_size, y_size, x_size = (int(s) for s in spatial_shape)
     c = coords.long()
     return ((c[:, 0] * z_size + c[:, 1]) * y_size + c[:, 2]) * x_size + c[:, 3]
+
+
+def submanifold_neighbors(coords: Tensor, kernel_size: Sequence[int]) -> Tensor:
+    r"""Neighbour table of a submanifold convolution: ``[K, N]`` long, ``-1`` where the neighbour is inactive.
+
+    Entry ``[k, i]`` is the row ``j`` with ``coords[j] = coords[i] + o_k - r`` (same batch), where ``o_k`` runs
+    over the kernel offsets ``(dz, dy, dx)`` in row-major order of ``kernel_size = (kz, ky, kx)`` (odd sizes)
+    and ``r = kernel_size // 2``; this is the cross-correlation order of ``torch.nn.functional.conv3d``, so
+    a weight ``[kz, ky, kx, C]`` flattened to ``[K, C]`` matches ``conv3d`` weights ``[C, 1, kz, ky, kx]``.
+    Odd kernels make the table symmetric: ``table[k, i] = j  <=>  table[K - 1 - k, j] = i``.
+
+    Args:
+        coords: ``[N, 4]`` integer ``(batch, z, y, x)`` coords, unique.
+        kernel_size: ``(kz, ky, kx)`` odd sizes.
+    """
+    if not isinstance(coords, Tensor) or coords.dim() != 2 or coords.shape[1] != 4:
+        shape = tuple(coords.shape) if isinstance(coords, Tensor) else type(coords).__name__
+        raise ValueError(f"coords: expected a 2-D tensor [N, 4] (batch, z, y, x), got {shape}")
+    kernel = tuple(int(k) for k in kernel_size)
+    if len(kernel) != 3 or any(k <= 0 or k % 2 == 0 for k in kernel):
+        raise ValueError(f"kernel_size: expected three odd positive sizes (kz, ky, kx), got {kernel_size!r}")
+    device = coords.device
+    num_rows = coords.shape[0]
+    radius = torch.tensor([0, kernel[0] // 2, kernel[1] // 2, kernel[2] // 2], device=device)
+    grids = torch.meshgrid(*[torch.arange(k, device=device) for k in kernel], indexing="ij")
+    offsets = torch.stack([torch.zeros_like(grids[0])] + list(grids), dim=-1).reshape(-1, 4) - radius
+    if num_rows == 0:
+        return torch.empty((offsets.shape[0], 0), dtype=torch.long, device=device)
+    # pad the bounds by the kernel radius so that every neighbour cell has a unique non-negative key
+    c = coords.long() + radius
+    extent = (c.amax(dim=0) + radius + 1).tolist()
+    key = voxel_keys(c, extent[1:])
+    sorted_key, order = torch.sort(key)
+    neighbour = (c.unsqueeze(0) + offsets.unsqueeze(1)).reshape(-1, 4)
+    neighbour_key = voxel_keys(neighbour, extent[1:])
+    position = torch.searchsorted(sorted_key, neighbour_key).clamp_(max=num_rows - 1)
+    found = sorted_key.index_select(0, position) == neighbour_key
+    table = torch.where(found, order.index_select(0, position), -1)
+    return table.reshape(offsets.shape[0], num_rows)
 
 
 def voxelize(

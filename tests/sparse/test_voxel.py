@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from geoattn import backends
 from geoattn.sparse import voxel as voxel_module
-from geoattn.sparse.voxel import VoxelTensor, grid_shape, install_spconv_cpu_shim, voxel_keys, voxelize
+from geoattn.sparse.voxel import (
+    VoxelTensor,
+    grid_shape,
+    install_spconv_cpu_shim,
+    submanifold_neighbors,
+    voxel_keys,
+    voxelize,
+)
 
 VOXEL = [0.32, 0.32, 0.1875]
 RANGE = [-76.8, -76.8, -2.0, 76.8, 76.8, 4.0]
@@ -262,3 +269,23 @@ def test_real_kitti_frame(real_data, grouping):
     for v in (0, result.num_voxels // 2, result.num_voxels - 1):
         members = (result.point_to_voxel == v).nonzero().squeeze(1)
         torch.testing.assert_close(result.features[v], points[members].mean(0))
+
+
+def test_submanifold_neighbors_brute_force():
+    cells = torch.randint(0, 6, (80, 4))
+    cells[:, 0] %= 2
+    coords = torch.unique(cells, dim=0)[:60]  # unique sites, two batch elements
+    table = submanifold_neighbors(coords, (3, 1, 5))
+    lookup = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    offsets = [(dz, dy, dx) for dz in range(-1, 2) for dy in range(0, 1) for dx in range(-2, 3)]
+    for k, (dz, dy, dx) in enumerate(offsets):
+        for i, (b, z, y, x) in enumerate(coords.tolist()):
+            assert int(table[k, i]) == lookup.get((b, z + dz, y + dy, x + dx), -1)
+    # odd kernels give a symmetric table
+    num_kernel = table.shape[0]
+    for k in range(num_kernel):
+        active = table[k] >= 0
+        assert torch.equal(table[num_kernel - 1 - k][table[k][active]], torch.arange(coords.shape[0])[active])
+    with pytest.raises(ValueError, match="kernel_size"):
+        submanifold_neighbors(coords, (2, 3, 3))
+    assert submanifold_neighbors(coords[:0], (3, 3, 3)).shape == (27, 0)

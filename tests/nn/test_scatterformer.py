@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from geoattn.nn.scatterformer import (
+    CrossWindowInteraction,
+    DepthwiseSparseConv3d,
+    ScatteredLinearAttention,
+    ScatterFormerBlock,
+    depthwise_sparse_conv,
+)
+from geoattn.sparse.voxel import VoxelTensor, submanifold_neighbors
+from geoattn.sparse.window import WindowIndex
+
+
+def random_sites(num, batch=2, shape=(4, 9, 11), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cells = torch.randperm(batch * shape[0] * shape[1] * shape[2], generator=gen)[:num]
+    z_size, y_size, x_size = shape
+    return torch.stack([cells // (z_size * y_size * x_size), cells // (y_size * x_size) % z_size,
+                        cells // x_size % y_size, cells % x_size], dim=1)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 1, 5), (1, 5, 1)])
+def test_depthwise_conv_matches_dense_grouped_conv3d(kernel):
+    shape = (4, 9, 11)
+    coords = random_sites(150, shape=shape)
+    window = WindowIndex.from_coords(coords, 4)
+    channels = 6
+    conv = DepthwiseSparseConv3d(channels, kernel).double()
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(150, channels, dtype=torch.float64, requires_grad=True)
+    x_sorted = window.sort(x)
+    out = conv(x_sorted, window)
+    # dense reference: conv3d(groups=C) with 'same' padding, read at the active sites
+    dense_in = VoxelTensor(x_sorted, window.sorted_coords, shape, 2).dense()
+    padding = tuple(k // 2 for k in kernel)
+    weight = conv.dense_weight()
+    dense_out = F.conv3d(dense_in, weight, padding=padding, groups=channels)
+    c = window.sorted_coords
+    expected = dense_out[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, conv.weight), grad, retain_graph=True)
+    want = torch.autograd.grad(expected, (x, conv.weight), grad)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+    # the table is cached on the window index
+    assert conv.neighbour_table(window) is conv.neighbour_table(window)
+
+
+def test_depthwise_conv_gradcheck():
+    coords = random_sites(25, shape=(3, 4, 4))
+    table = submanifold_neighbors(coords, (3, 3, 3))
+    x = torch.randn(25, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(27, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: depthwise_sparse_conv(a, b, table), (x, weight))
+    with pytest.raises(ValueError, match="weight"):
+        depthwise_sparse_conv(x, weight[:, :2], table)
+
+
+def reference_sla_layer(layer: ScatteredLinearAttention, x, window):
+    heads, depth = layer.heads, layer.channels // layer.heads
+    q, k, v = layer.qkv(x).view(-1, 3, heads, depth).unbind(1)
+    q, k = q.relu(), k.relu()
+    out = torch.empty_like(v)
+    for w in range(window.num_windows):
+        rows = slice(int(window.offsets[w]), int(window.offsets[w + 1]))
+        for h in range(heads):
+            state = k[rows, h].T @ v[rows, h]
+            norm = k[rows, h].sum(0)
+            out[rows, h] = (q[rows, h] @ state) / ((q[rows, h] @ norm).unsqueeze(1) + layer.eps)
+    return layer.proj(out.reshape(-1, layer.channels))
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8])
+def test_sla_layer_matches_reference(heads):
+    coords = random_sites(200, shape=(4, 20, 20))
+    window = WindowIndex.from_coords(coords, 6)
+    layer = ScatteredLinearAttention(32, heads)
+    x = window.sort(torch.randn(200, 32))
+    torch.testing.assert_close(layer(x, window), reference_sla_layer(layer, x, window), atol=1e-5, rtol=1e-4)
+    assert "heads=" in repr(layer)
+
+
+def test_sla_layer_elu_feature_map_and_errors():
+    coords = random_sites(50)
+    window = WindowIndex.from_coords(coords, 4)
+    layer = ScatteredLinearAttention(16, 2, feature_map="elu")
+    assert layer(window.sort(torch.randn(50, 16)), window).shape == (50, 16)
+    with pytest.raises(ValueError, match="channels"):
+        ScatteredLinearAttention(10, 4)
+    with pytest.raises(ValueError, match="feature_map"):
+        ScatteredLinearAttention(16, 2, feature_map="softmax")
+    with pytest.raises(ValueError, match="x"):
+        layer(torch.randn(50, 8), window)
+    with pytest.raises(ValueError, match="rows"):
+        layer(torch.randn(49, 16), window)
+    with pytest.raises(TypeError, match="window"):
+        layer(torch.randn(50, 16), None)
+
+
+def test_cross_window_interaction_composition():
+    coords = random_sites(120, shape=(4, 26, 26))
+    window = WindowIndex.from_coords(coords, 12)
+    cwi = CrossWindowInteraction(16, window_size=12).eval()
+    x = window.sort(torch.randn(120, 16))
+    u = cwi.norm(x)
+    quarters = u.chunk(4, dim=1)
+    mixed = torch.cat([cwi.conv_cube(quarters[0], window), cwi.conv_x(quarters[1], window),
+                       cwi.conv_y(quarters[2], window), quarters[3]], dim=1)
+    mid = u + mixed
+    expected = mid + cwi.fc2(torch.relu(cwi.fc1(cwi.ffn_norm(mid))))
+    torch.testing.assert_close(cwi(x, window), expected)
+    assert cwi.conv_x.kernel_size == (1, 1, 13) and cwi.conv_y.kernel_size == (1, 13, 1)
+    with pytest.raises(ValueError, match="channels"):
+        CrossWindowInteraction(18)
+
+
+def test_block_is_equivariant_to_voxel_order():
+    coords = random_sites(150, shape=(4, 30, 30))
+    block = ScatterFormerBlock(16, heads=2, window_size=6).eval()
+    x = torch.randn(150, 16)
+    window = WindowIndex.from_coords(coords, 6)
+    out = window.unsort(block(window.sort(x), window))
+    perm = torch.randperm(150)
+    other = WindowIndex.from_coords(coords[perm], 6)
+    out_perm = other.unsort(block(other.sort(x[perm]), other))
+    torch.testing.assert_close(out_perm, out[perm], atol=1e-5, rtol=1e-4)
+
+
+def test_block_backward_and_training_mode():
+    coords = random_sites(100, shape=(4, 20, 20))
+    window = WindowIndex.from_coords(coords, 6)
+    block = ScatterFormerBlock(32, heads=4, window_size=6)
+    x = window.sort(torch.randn(100, 32, requires_grad=True))
+    block(x, window).square().mean().backward()
+    for name, parameter in block.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    assert "window_size=6" in repr(block)
