@@ -1,3 +1,8 @@
+from geoattn.nn.glagcn import (H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT, H36M_PARENTS, AdaptiveGraphConv,
+                               GraphTemporalUnit, PerJointHead, StridedGraphTemporalBlock, TemporalConv,
+                               adjacency_subsets, skeleton_edge_index)
+from geoattn.nn.local_augmentation import (BranchConcat, LocalAugmenter, UncertaintySelector, combine_augmented,
+                                           consistency_loss, row_normalize)
 from geoattn.nn.roitr import (GeometricStructureEmbedding, LearnableLogOptimalTransport, PositionalCrossAttentionBlock,
                               PPFAttention, PPFAttentionBlock, RotationInvariantTransformer, RPESelfAttentionBlock,
                               knn_interpolate, ppf_groups)

@@ -1,0 +1,295 @@
+r"""Local-augmentation backbones (LAGNN, Liu et al., ICML 2022): LA-GCN, LA-GAT, LA-SAGE, LA-GCNII.
+
+Every model takes the real features :math:`X` and ``G = num_generated`` generated matrices
+:math:`\hat X_1..\hat X_G` (from :class:`geoattn.nn.LocalAugmenter`) through a first layer with one
+branch per input whose outputs are concatenated ("concatenation style", paper Eq. 6):
+
+.. math:: H^{(1)} = \sigma(\mathrm{conv}_0(X)) \,\Vert\, \sigma(\mathrm{conv}_1(\hat X_1)) \,\Vert \ldots
+
+and the rest of the backbone is unchanged. With ``num_generated=0`` each model is its plain backbone
+(GCN, GAT, GraphSAGE, GCNII), so baselines and LA models run through the same code.
+:class:`LocalAugmentationWrapper` adds the input-level styles (average, concatenation) to any PyG model.
+
+All models return logits ``[N, out_channels]``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCN2Conv, GCNConv, SAGEConv
+
+from geoattn.nn.local_augmentation import BranchConcat, combine_augmented
+
+__all__ = ["LAGCN", "LAGAT", "LASAGE", "LAGCNII", "LocalAugmentationWrapper"]
+
+
+def _generated_list(x: Tensor, x_generated, num_generated: int) -> list[Tensor]:
+    """Normalise ``x_generated`` (None, [N, F], [G, N, F] or a sequence) to a list of G matrices."""
+    if num_generated == 0:
+        if x_generated is not None and not (isinstance(x_generated, (list, tuple)) and len(x_generated) == 0):
+            raise ValueError("x_generated: the model was built with num_generated=0, got generated features")
+        return []
+    if x_generated is None:
+        raise ValueError(f"x_generated: expected {num_generated} generated feature matrices [N, F], got None")
+    if isinstance(x_generated, Tensor):
+        generated = [x_generated] if x_generated.dim() == 2 else list(x_generated.unbind(0))
+    else:
+        generated = list(x_generated)
+    if len(generated) != num_generated:
+        raise ValueError(f"x_generated: expected {num_generated} generated feature matrices, got {len(generated)}")
+    for index, x_hat in enumerate(generated):
+        if x_hat.shape != x.shape:
+            raise ValueError(f"x_generated[{index}]: expected shape {tuple(x.shape)} like x, got {tuple(x_hat.shape)}")
+    return generated
+
+
+def _check_inputs(x: Tensor, edge_index: Tensor, in_channels: int) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != in_channels:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x: expected a 2-D tensor [N, C] with C={in_channels}, got shape {shape}")
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__
+        raise ValueError(f"edge_index: expected a [2, E] tensor, got {shape}")
+
+
+class _Branch(nn.Module):
+    """One first-layer branch: input dropout -> conv -> optional batch norm -> activation."""
+
+    def __init__(self, conv: nn.Module, norm: nn.Module, activation, input_dropout: float):
+        super().__init__()
+        self.conv, self.norm, self.activation, self.input_dropout = conv, norm, activation, input_dropout
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+        if hasattr(self.norm, "reset_parameters"):
+            self.norm.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.dropout(x, self.input_dropout, training=self.training)
+        return self.activation(self.norm(self.conv(x, edge_index)))
+
+    def __repr__(self) -> str:
+        return repr(self.conv)
+
+
+class _LAMessagePassingNet(nn.Module):
+    """Shared skeleton: a BranchConcat first layer, ``num_layers - 2`` hidden convs, an output conv."""
+
+    activation = staticmethod(F.relu)
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int,
+                 num_layers: int, dropout: float, input_dropout: float | None, batch_norm: bool):
+        super().__init__()
+        for arg, value, low in (("in_channels", in_channels, 1), ("hidden_channels", hidden_channels, 1),
+                                ("out_channels", out_channels, 1), ("num_generated", num_generated, 0),
+                                ("num_layers", num_layers, 2)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{arg}: expected an int >= {low}, got {value!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout: expected a value in [0, 1), got {dropout}")
+        self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
+        self.num_generated, self.num_layers, self.dropout = num_generated, num_layers, dropout
+        self.input_dropout = dropout if input_dropout is None else input_dropout
+        first_width = self._first_out_width(hidden_channels)
+        width = first_width * (num_generated + 1)
+
+        def norm(channels: int) -> nn.Module:
+            return nn.BatchNorm1d(channels) if batch_norm else nn.Identity()
+
+        self.first = BranchConcat([
+            _Branch(self._conv(in_channels, hidden_channels, layer=0), norm(first_width), self.activation,
+                    self.input_dropout) for _ in range(num_generated + 1)])
+        self.hidden_convs = nn.ModuleList([self._conv(width, width, layer=i) for i in range(1, num_layers - 1)])
+        self.hidden_norms = nn.ModuleList([norm(width) for _ in range(1, num_layers - 1)])
+        self.out_conv = self._conv(width, out_channels, layer=num_layers - 1, last=True)
+
+    def _first_out_width(self, hidden_channels: int) -> int:
+        return hidden_channels
+
+    def _conv(self, in_channels: int, out_channels: int, layer: int, last: bool = False) -> nn.Module:
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        self.first.reset_parameters()
+        for module in [*self.hidden_convs, *self.hidden_norms, self.out_conv]:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, x_generated: Tensor | Sequence[Tensor] | None = None) -> Tensor:
+        """``x [N, F]``, ``edge_index [2, E]``, ``x_generated``: ``num_generated`` matrices ``[N, F]``
+        (a list, a ``[G, N, F]`` stack, or one ``[N, F]`` when G=1). Returns logits ``[N, out_channels]``."""
+        _check_inputs(x, edge_index, self.in_channels)
+        hidden = self.first([x, *_generated_list(x, x_generated, self.num_generated)], edge_index)
+        for conv, norm in zip(self.hidden_convs, self.hidden_norms):
+            hidden = F.dropout(hidden, self.dropout, training=self.training)
+            hidden = self.activation(norm(conv(hidden, edge_index)))
+        hidden = F.dropout(hidden, self.dropout, training=self.training)
+        return self.out_conv(hidden, edge_index)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, {self.out_channels}, "
+                f"num_generated={self.num_generated}, num_layers={self.num_layers})")
+
+
+class LAGCN(_LAMessagePassingNet):
+    r"""LA-GCN: one ``GCNConv`` branch per input in the first layer, then plain GCN layers.
+
+    Citation setting (paper): ``hidden_channels=8`` per branch (16 in total, like GCN), 2 layers,
+    dropout 0.5 on the inputs and hidden layer. OGB setting: ``hidden_channels=128``, 3 layers,
+    ``batch_norm=True``, ``input_dropout=0``. ``num_generated=0`` gives Kipf & Welling's GCN.
+
+    Args:
+        cached: cache the normalised adjacency (transductive training on one fixed graph).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int = 1,
+                 num_layers: int = 2, dropout: float = 0.5, input_dropout: float | None = None,
+                 batch_norm: bool = False, cached: bool = False):
+        self.cached = cached
+        super().__init__(in_channels, hidden_channels, out_channels, num_generated=num_generated,
+                         num_layers=num_layers, dropout=dropout, input_dropout=input_dropout, batch_norm=batch_norm)
+
+    def _conv(self, in_channels, out_channels, layer, last=False):
+        return GCNConv(in_channels, out_channels, cached=self.cached)
+
+
+class LASAGE(_LAMessagePassingNet):
+    r"""LA-GraphSAGE: one ``SAGEConv`` (mean aggregation) branch per input, then plain SAGE layers.
+
+    Paper setting on ogbn-arxiv: ``hidden_channels=128``, 3 layers, ``batch_norm=True``,
+    ``input_dropout=0``, dropout 0.5. ``num_generated=0`` gives GraphSAGE.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int = 1,
+                 num_layers: int = 2, dropout: float = 0.5, input_dropout: float | None = None,
+                 batch_norm: bool = False, aggr: str = "mean"):
+        self.aggr = aggr
+        super().__init__(in_channels, hidden_channels, out_channels, num_generated=num_generated,
+                         num_layers=num_layers, dropout=dropout, input_dropout=input_dropout, batch_norm=batch_norm)
+
+    def _conv(self, in_channels, out_channels, layer, last=False):
+        return SAGEConv(in_channels, out_channels, aggr=self.aggr)
+
+
+class LAGAT(_LAMessagePassingNet):
+    r"""LA-GAT: one multi-head ``GATConv`` branch per input (ELU), concatenated, then GAT layers.
+
+    Paper setting (Cora/CiteSeer): ``hidden_channels=8``, ``heads=4`` per branch (8 heads in total,
+    like GAT), ``out_heads=1``, dropout 0.6 on inputs, hidden features and attention coefficients,
+    LeakyReLU slope 0.2. ``num_generated=0, heads=8`` gives Velickovic et al.'s GAT.
+    """
+
+    activation = staticmethod(F.elu)
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int = 1,
+                 heads: int = 4, out_heads: int = 1, num_layers: int = 2, dropout: float = 0.6,
+                 input_dropout: float | None = None, negative_slope: float = 0.2, batch_norm: bool = False):
+        if not isinstance(heads, int) or heads < 1 or not isinstance(out_heads, int) or out_heads < 1:
+            raise ValueError(f"heads, out_heads: expected positive ints, got {heads!r}, {out_heads!r}")
+        self.heads, self.out_heads, self.negative_slope = heads, out_heads, negative_slope
+        self._attention_dropout = dropout
+        super().__init__(in_channels, hidden_channels, out_channels, num_generated=num_generated,
+                         num_layers=num_layers, dropout=dropout, input_dropout=input_dropout, batch_norm=batch_norm)
+
+    def _first_out_width(self, hidden_channels: int) -> int:
+        return hidden_channels * self.heads
+
+    def _conv(self, in_channels, out_channels, layer, last=False):
+        if last:
+            return GATConv(in_channels, out_channels, heads=self.out_heads, concat=False,
+                           negative_slope=self.negative_slope, dropout=self._attention_dropout)
+        if layer == 0:
+            return GATConv(in_channels, out_channels, heads=self.heads, negative_slope=self.negative_slope,
+                           dropout=self._attention_dropout)
+        # hidden layers keep the width: heads x (width / heads)
+        return GATConv(in_channels, out_channels // self.heads, heads=self.heads,
+                       negative_slope=self.negative_slope, dropout=self._attention_dropout)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, {self.out_channels}, "
+                f"heads={self.heads}, num_generated={self.num_generated}, num_layers={self.num_layers})")
+
+
+class LAGCNII(nn.Module):
+    r"""LA-GCNII: one ``Linear`` + ReLU branch per input, concatenated to width ``(G + 1) * hidden``,
+    then ``num_layers`` ``GCN2Conv`` layers (initial residual ``alpha``, identity mapping
+    :math:`\beta_l = \log(\lambda / l + 1)` with ``theta`` = :math:`\lambda`) and a linear classifier.
+
+    The paper applies weight decay ``wd_conv`` to the convolutions and ``wd_linear`` to the linear
+    maps: build the optimiser from :meth:`parameter_groups`. ``num_generated=0`` gives GCNII.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int = 1,
+                 num_layers: int = 64, alpha: float = 0.1, theta: float = 0.5, dropout: float = 0.6):
+        super().__init__()
+        for arg, value, low in (("in_channels", in_channels, 1), ("hidden_channels", hidden_channels, 1),
+                                ("out_channels", out_channels, 1), ("num_generated", num_generated, 0),
+                                ("num_layers", num_layers, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{arg}: expected an int >= {low}, got {value!r}")
+        self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
+        self.num_generated, self.num_layers, self.alpha, self.theta = num_generated, num_layers, alpha, theta
+        self.dropout = dropout
+        width = hidden_channels * (num_generated + 1)
+        self.input_linears = nn.ModuleList([nn.Linear(in_channels, hidden_channels) for _ in range(num_generated + 1)])
+        self.convs = nn.ModuleList([GCN2Conv(width, alpha=alpha, theta=theta, layer=layer + 1, shared_weights=True)
+                                    for layer in range(num_layers)])
+        self.out_linear = nn.Linear(width, out_channels)
+
+    def reset_parameters(self) -> None:
+        for module in [*self.input_linears, *self.convs, self.out_linear]:
+            module.reset_parameters()
+
+    def parameter_groups(self, wd_conv: float, wd_linear: float) -> list[dict]:
+        """Optimiser parameter groups: the convolutions with ``wd_conv``, the linear maps with ``wd_linear``."""
+        linears = [*self.input_linears.parameters(), *self.out_linear.parameters()]
+        return [{"params": list(self.convs.parameters()), "weight_decay": wd_conv},
+                {"params": linears, "weight_decay": wd_linear}]
+
+    def forward(self, x: Tensor, edge_index: Tensor, x_generated: Tensor | Sequence[Tensor] | None = None) -> Tensor:
+        _check_inputs(x, edge_index, self.in_channels)
+        inputs = [x, *_generated_list(x, x_generated, self.num_generated)]
+        hidden = torch.cat([F.relu(linear(F.dropout(features, self.dropout, training=self.training)))
+                            for linear, features in zip(self.input_linears, inputs)], dim=-1)
+        initial = hidden
+        for conv in self.convs:
+            hidden = F.dropout(hidden, self.dropout, training=self.training)
+            hidden = F.relu(conv(hidden, initial, edge_index))
+        hidden = F.dropout(hidden, self.dropout, training=self.training)
+        return self.out_linear(hidden)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, {self.out_channels}, "
+                f"num_generated={self.num_generated}, num_layers={self.num_layers})")
+
+
+class LocalAugmentationWrapper(nn.Module):
+    r"""Local augmentation for any PyG node model ``backbone(x, edge_index, *args, **kwargs)``.
+
+    - ``style="average"``: the backbone sees :math:`(X + \hat X) / 2` (the paper's ogbn-products setting);
+    - ``style="concat"``: the backbone sees :math:`[X \Vert \hat X]` and must take ``2 F`` input channels
+      (``(G + 1) F`` with G generated matrices).
+
+    For first-layer concatenation with custom convolutions use :class:`geoattn.nn.BranchConcat`.
+    """
+
+    def __init__(self, backbone: nn.Module, style: str = "average"):
+        super().__init__()
+        if style not in ("average", "concat"):
+            raise ValueError(f"style: expected 'average' or 'concat', got {style!r}")
+        self.backbone, self.style = backbone, style
+
+    def reset_parameters(self) -> None:
+        if hasattr(self.backbone, "reset_parameters"):
+            self.backbone.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, x_generated: Tensor | Sequence[Tensor], *args, **kwargs) -> Tensor:
+        if isinstance(x_generated, Tensor) and x_generated.dim() == 3:
+            x_generated = list(x_generated.unbind(0))
+        return self.backbone(combine_augmented(x, x_generated, self.style), edge_index, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.backbone!r}, style={self.style!r})"

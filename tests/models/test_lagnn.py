@@ -1,0 +1,138 @@
+"""LA backbones: shapes, plain-backbone equivalence, isolated nodes / no edges, argument errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GATConv, GCNConv
+
+from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE, LocalAugmentationWrapper
+
+NUM_NODES, NUM_FEATURES, NUM_CLASSES = 9, 6, 3
+
+
+def _graph():
+    x = torch.rand(NUM_NODES, NUM_FEATURES)
+    # nodes 7 and 8 are isolated
+    edge_index = torch.tensor([[0, 1, 1, 2, 3, 4, 5, 6], [1, 0, 2, 1, 4, 3, 6, 5]])
+    return x, edge_index
+
+
+def _models(num_generated):
+    return [
+        LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated),
+        LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated, num_layers=3, batch_norm=True,
+              input_dropout=0.0),
+        LASAGE(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated, num_layers=3, batch_norm=True),
+        LAGAT(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated, heads=2),
+        LAGAT(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated, heads=2, num_layers=3),
+        LAGCNII(NUM_FEATURES, 4, NUM_CLASSES, num_generated=num_generated, num_layers=3),
+    ]
+
+
+@pytest.mark.parametrize("num_generated", [0, 1, 2])
+def test_shapes_isolated_nodes_and_no_edges(num_generated):
+    x, edge_index = _graph()
+    generated = [torch.rand_like(x) for _ in range(num_generated)] if num_generated else None
+    no_edges = torch.empty(2, 0, dtype=torch.long)
+    for model in _models(num_generated):
+        for mode in (True, False):
+            model.train(mode)
+            for edges in (edge_index, no_edges):
+                out = model(x, edges, generated)
+                assert out.shape == (NUM_NODES, NUM_CLASSES), repr(model)
+                assert torch.isfinite(out).all(), repr(model)
+        if num_generated:
+            model.eval()
+            stacked = model(x, edge_index, torch.stack(generated))
+            torch.testing.assert_close(stacked, model(x, edge_index, generated))
+        out = model(x, edge_index, generated)
+        out.sum().backward()
+        model.reset_parameters()
+
+
+def test_gradients_reach_every_branch():
+    x, edge_index = _graph()
+    for model in _models(1):
+        model(x, edge_index, [torch.rand_like(x)]).pow(2).sum().backward()
+        for name, parameter in model.named_parameters():
+            assert parameter.grad is not None, f"{model!r}: {name}"
+
+
+def test_lagcn_matches_reference_first_layer_concatenation():
+    """Eval mode: H = relu(P X W0) || relu(P Xhat W1), out = P H W2 (P: GCN normalisation with self loops)."""
+    x, edge_index = _graph()
+    x_hat = torch.rand_like(x)
+    model = LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1).eval()
+    first, second = model.first.branches[0].conv, model.first.branches[1].conv
+    reference_first = torch.cat([F.relu(first(x, edge_index)), F.relu(second(x_hat, edge_index))], dim=-1)
+    reference = model.out_conv(reference_first, edge_index)
+    torch.testing.assert_close(model(x, edge_index, [x_hat]), reference)
+    # and the branches are GCNConv computing P X W with P = D^-1/2 (A + I) D^-1/2
+    dense = torch.zeros(NUM_NODES, NUM_NODES)
+    dense[edge_index[1], edge_index[0]] = 1
+    dense += torch.eye(NUM_NODES)
+    degree = dense.sum(1)
+    propagation = dense / degree.sqrt()[:, None] / degree.sqrt()[None, :]
+    torch.testing.assert_close(first(x, edge_index), propagation @ (x @ first.lin.weight.t()) + first.bias)
+
+
+def test_plain_backbones_when_no_generated_inputs():
+    x, edge_index = _graph()
+    gcn = LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=0).eval()
+    reference = gcn.out_conv(F.relu(gcn.first.branches[0].conv(x, edge_index)), edge_index)
+    torch.testing.assert_close(gcn(x, edge_index), reference)
+    gat = LAGAT(NUM_FEATURES, 8, NUM_CLASSES, num_generated=0, heads=8)
+    assert isinstance(gat.first.branches[0].conv, GATConv) and gat.out_conv.in_channels == 64
+    assert repr(gat) == "LAGAT(6, 8, 3, heads=8, num_generated=0, num_layers=2)"
+    assert repr(LAGCN(6, 8, 3)) == "LAGCN(6, 8, 3, num_generated=1, num_layers=2)"
+    assert isinstance(LAGCN(6, 8, 3).first.branches[1].conv, GCNConv)
+    # LA-GAT with 4 heads per branch and one generated input has GAT's 8 x 8 hidden width
+    assert LAGAT(NUM_FEATURES, 8, NUM_CLASSES, heads=4).out_conv.in_channels == 64
+
+
+def test_gcnii_parameter_groups_cover_all_parameters():
+    model = LAGCNII(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1, num_layers=2)
+    groups = model.parameter_groups(0.01, 5e-4)
+    grouped = {id(p) for group in groups for p in group["params"]}
+    assert grouped == {id(p) for p in model.parameters()}
+    torch.optim.Adam(groups, lr=0.01)
+
+
+def test_wrapper_styles():
+    x, edge_index = _graph()
+    x_hat = torch.rand_like(x)
+    backbone = GCNConv(NUM_FEATURES, NUM_CLASSES)
+    average = LocalAugmentationWrapper(backbone, "average")
+    torch.testing.assert_close(average(x, edge_index, x_hat), backbone((x + x_hat) / 2, edge_index))
+    wide = GCNConv(2 * NUM_FEATURES, NUM_CLASSES)
+    concat = LocalAugmentationWrapper(wide, "concat")
+    torch.testing.assert_close(concat(x, edge_index, x_hat), wide(torch.cat([x, x_hat], -1), edge_index))
+    assert concat(x, edge_index, x_hat[None]).shape == (NUM_NODES, NUM_CLASSES)
+    assert "style='concat'" in repr(concat)
+    with pytest.raises(ValueError, match="style"):
+        LocalAugmentationWrapper(backbone, "sum")
+
+
+def test_bad_arguments():
+    x, edge_index = _graph()
+    model = LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1)
+    with pytest.raises(ValueError, match=r"x_generated: expected 1 generated feature matrices \[N, F\], got None"):
+        model(x, edge_index)
+    with pytest.raises(ValueError, match="expected 1 generated feature matrices, got 2"):
+        model(x, edge_index, [x, x])
+    with pytest.raises(ValueError, match=r"x_generated\[0\]: expected shape \(9, 6\)"):
+        model(x, edge_index, [x[:3]])
+    with pytest.raises(ValueError, match=r"x: expected a 2-D tensor \[N, C\] with C=6, got shape \(9, 5\)"):
+        model(x[:, :5], edge_index, [x])
+    with pytest.raises(ValueError, match="edge_index"):
+        model(x, edge_index[0], [x])
+    with pytest.raises(ValueError, match="num_generated=0"):
+        LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=0)(x, edge_index, [x])
+    with pytest.raises(ValueError, match="num_layers"):
+        LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_layers=1)
+    with pytest.raises(ValueError, match="dropout"):
+        LASAGE(NUM_FEATURES, 4, NUM_CLASSES, dropout=1.0)
+    with pytest.raises(ValueError, match="heads"):
+        LAGAT(NUM_FEATURES, 4, NUM_CLASSES, heads=0)
+    with pytest.raises(ValueError, match="num_generated"):
+        LAGCNII(NUM_FEATURES, 4, NUM_CLASSES, num_generated=-1)
