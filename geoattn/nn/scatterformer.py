@@ -14,6 +14,7 @@ submanifold neighbour tables) are cached on the index, so the three blocks of a 
   ``[u1 | u2 | u3 | u4] -> u + [DW_3x3x3(u1) | DW_1x1xK(u2) (along x) | DW_1xKx1(u3) (along y) | u4]`` with
   ``K = window + 1``, then ``x' + FC2(ReLU(FC1(BN(x'))))``.
 * :class:`ScatterFormerBlock`: ``x + SLA(BN(x))`` followed by :class:`CrossWindowInteraction`.
+* :class:`AttentionPillarPooling`: voxels of each BEV pillar -> one feature, ``LN(MHA(max, x + E[z]) + max)``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from geoattn.kernels.sla import scattered_linear_attention
+from geoattn.sparse.segment import segment_max
 from geoattn.sparse.voxel import submanifold_neighbors
 from geoattn.sparse.window import WindowIndex
 
@@ -33,6 +35,7 @@ __all__ = [
     "depthwise_sparse_conv",
     "CrossWindowInteraction",
     "ScatterFormerBlock",
+    "AttentionPillarPooling",
 ]
 
 _FEATURE_MAPS = {
@@ -260,3 +263,53 @@ class ScatterFormerBlock(nn.Module):
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(channels={self.channels}, heads={self.attention.heads}, "
                 f"window_size={self.interaction.window_size})")
+
+
+class AttentionPillarPooling(nn.Module):
+    r"""Pool the voxels of each BEV pillar ``(b, y, x)`` into one feature with attention over the column.
+
+    With ``m`` the channel-wise max over the pillar's voxels and :math:`E[z]` a learned height embedding,
+    ``out = LayerNorm(MHA(query=m, keys=values=x_j + E[z_j]) + m)``; padding slots of the column are masked.
+
+    Args:
+        channels: ``C``; heads: attention heads; height: number of z cells ``Z`` of the input grid.
+
+    Shapes: ``x [N, C]`` and ``coords [N, 4]`` ``(b, z, y, x)`` (any order) ->
+    ``(pillar features [P, C], pillar coords [P, 3] (b, y, x))``, pillars sorted by ``(b, y, x)``.
+    """
+
+    def __init__(self, channels: int, heads: int = 8, height: int = 8):
+        super().__init__()
+        self.channels = channels
+        self.height = height
+        self.height_embedding = nn.Embedding(height, channels)
+        self.attention = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.norm = nn.LayerNorm(channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.height_embedding.reset_parameters()
+        self.attention._reset_parameters()
+        self.norm.reset_parameters()
+
+    def forward(self, x: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 2 or x.shape[1] != self.channels:
+            raise ValueError(f"x: expected a 2-D tensor [N, C] with C={self.channels}, got shape {tuple(x.shape)}")
+        if coords.shape != (x.shape[0], 4):
+            raise ValueError(f"coords: expected shape ({x.shape[0]}, 4), got {tuple(coords.shape)}")
+        if coords.shape[0] > 0 and int(coords[:, 1].max()) >= self.height:
+            raise ValueError(f"coords: expected z < height={self.height}, got {int(coords[:, 1].max())}")
+        pillars = WindowIndex.from_coords(coords, (None, 1, 1))  # one window per BEV cell
+        x_sorted = pillars.sort(x)
+        z = pillars.sorted_coords[:, 1]
+        pooled = segment_max(x_sorted, pillars.offsets)  # [P, C]
+        keys = x_sorted.new_zeros(pillars.num_windows, self.height, self.channels)
+        keys[pillars.window_of_row, z] = x_sorted + self.height_embedding(z)
+        padding = torch.ones(pillars.num_windows, self.height, dtype=torch.bool, device=x.device)
+        padding[pillars.window_of_row, z] = False
+        attended, _ = self.attention(pooled.unsqueeze(1), keys, keys, key_padding_mask=padding, need_weights=False)
+        out = self.norm(attended.squeeze(1) + pooled)
+        return out, pillars.window_coords[:, [0, 2, 3]]
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(channels={self.channels}, height={self.height})"

@@ -140,3 +140,23 @@ def test_block_backward_and_training_mode():
     for name, parameter in block.named_parameters():
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     assert "window_size=6" in repr(block)
+
+
+def test_attention_pillar_pooling_matches_per_pillar_loop():
+    from geoattn.nn.scatterformer import AttentionPillarPooling
+
+    coords = random_sites(80, shape=(5, 4, 4))
+    pool = AttentionPillarPooling(8, heads=2, height=5).eval()
+    x = torch.randn(80, 8)
+    out, pillar_coords = pool(x, coords)
+    bev_keys = sorted({(b, y, xx) for b, _, y, xx in coords.tolist()})
+    assert pillar_coords.tolist() == [list(k) for k in bev_keys]
+    for p, (b, y, xx) in enumerate(bev_keys):
+        members = ((coords[:, 0] == b) & (coords[:, 2] == y) & (coords[:, 3] == xx)).nonzero().squeeze(1)
+        keys = x[members] + pool.height_embedding(coords[members, 1])
+        query = x[members].max(0).values
+        attended, _ = pool.attention(query[None, None], keys[None], keys[None], need_weights=False)
+        expected = pool.norm(attended[0, 0] + query)
+        torch.testing.assert_close(out[p], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="height"):
+        AttentionPillarPooling(8, 2, height=3)(x, coords)
