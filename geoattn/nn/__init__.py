@@ -9,3 +9,5 @@ from geoattn.nn.roitr import (GeometricStructureEmbedding, LearnableLogOptimalTr
 from geoattn.nn.largegt import CodebookGlobalAttention, LargeGTLocalAttention
 from geoattn.nn.scatterformer import (AttentionPillarPooling, CrossWindowInteraction, DepthwiseSparseConv3d,
                                       ScatteredLinearAttention, ScatterFormerBlock, depthwise_sparse_conv)
+from geoattn.nn.logonet import (CameraProjection, CameraSetup, FeatureDynamicAggregation, GlobalFusion, LocalFusion,
+                                PointImageFusion, RoIGridPool, project_to_cameras, roi_grid_points, voxel_centroids)

@@ -53,3 +53,5 @@ from geoattn.sparse.geometry import (
     vector_angle,
     weighted_kabsch,
 )
+from geoattn.sparse.boxes import (box_corners, boxes_iou3d, boxes_iou_bev, limit_angle, points_in_boxes,
+                                  points_in_boxes_pairs, points_to_box_frame, rotate_points_z)
