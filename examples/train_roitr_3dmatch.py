@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-points", type=int, default=2048, help="points per fragment after downsampling")
     parser.add_argument("--pairs", type=int, default=200, help="synthetic training pairs (generated once, cached)")
     parser.add_argument("--val-pairs", type=int, default=8, help="held-out synthetic pairs for validation")
+    parser.add_argument("--patch-pairs", type=int, default=128,
+                        help="ground-truth patch pairs per step in the transport loss (the paper: 128)")
     parser.add_argument("--steps", type=int, default=100000, help="maximum optimisation steps")
     parser.add_argument("--time-budget", type=float, default=None, help="stop after this many minutes")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
             item = pool[index % len(pool)]
             return item["src"], item["tgt"], item["transform"]
         num_items = len(pool)
-    validation = synthetic_pool(args.val_pairs, EVAL_SEEDS, voxel, None, "validation pairs") if rank == 0 else []
+    val_cache = args.cache.with_suffix(".val.pt") if args.cache is not None else None
+    validation = synthetic_pool(args.val_pairs, EVAL_SEEDS, voxel, val_cache, "validation pairs") if rank == 0 else []
 
     def save() -> None:
         if rank != 0:
@@ -165,7 +168,8 @@ def main(argv=None) -> int:
         src_pos, src_normal = prepare_cloud(src.to(device), voxel, 1.0, args.max_points, seed=seed)
         tgt_pos, tgt_normal = prepare_cloud(tgt.to(device), voxel, 1.0, args.max_points, seed=seed + 1)
         output = trainable(src_pos, src_normal, tgt_pos, tgt_normal)
-        losses = roitr_training_loss(model, output, transform.to(device), generator=generator)
+        losses = roitr_training_loss(model, output, transform.to(device), max_patch_pairs=args.patch_pairs,
+                                     generator=generator)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()

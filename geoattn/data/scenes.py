@@ -117,7 +117,7 @@ def random_room(rng: np.random.Generator) -> Room:
     """A furnished room of 3-7 m by 3-7 m, 2.4-3.2 m high."""
     size = np.array([rng.uniform(3.0, 7.0), rng.uniform(3.0, 7.0), rng.uniform(2.4, 3.2)])
     room = Room(size)
-    for _ in range(rng.integers(6, 14)):
+    for _ in range(rng.integers(12, 22)):
         along_wall = rng.random() < 0.5
         if along_wall:
             wall = rng.integers(4)
@@ -129,7 +129,7 @@ def random_room(rng: np.random.Generator) -> Room:
             position = (rng.uniform(0.8, size[0] - 0.8), rng.uniform(0.8, size[1] - 0.8))
             yaw = rng.uniform(0, 2 * math.pi)
         room.primitives += _furniture(rng, room, position[0], position[1], yaw)
-    for _ in range(rng.integers(2, 6)):  # pictures, doors, windows: thin boxes on the walls
+    for _ in range(rng.integers(5, 10)):  # pictures, doors, windows: thin boxes on the walls
         wall = rng.integers(4)
         half = np.array([rng.uniform(0.2, 0.7), 0.02, rng.uniform(0.2, 0.6)])
         z = rng.uniform(0.8, size[2] - 0.7)
@@ -241,6 +241,15 @@ def _fragment(room: Room, position: np.ndarray, yaw: float, pitch: float, rng: n
     return pos.numpy(), first
 
 
+def _informative(points: torch.Tensor, min_thickness: float = 0.15, min_extent: float = 0.6) -> bool:
+    """Enough points and 3-D structure: the smallest and largest standard deviations of the cloud along
+    its principal axes must exceed ``min_thickness`` and ``min_extent`` (metres)."""
+    if points.size(0) < 50:
+        return False
+    spread = torch.linalg.eigvalsh(torch.cov(points.double().T)).clamp(min=0).sqrt()
+    return bool(spread[0] > min_thickness and spread[-1] > min_extent)
+
+
 def _overlap(src: torch.Tensor, tgt: torch.Tensor, transform: torch.Tensor, radius: float) -> float:
     _, dist2 = knn(tgt, transform_points(src, transform), 1)
     return float((dist2[:, 0] < radius**2).float().mean())
@@ -250,8 +259,9 @@ def fragment_pair(seed: int, voxel_size: float = 0.025, views: int = 3, min_over
                   max_overlap: float = 0.95, max_tries: int = 20) -> FragmentPair:
     """A deterministic pair of overlapping fragments of one random room.
 
-    The target camera is moved 0.2-1.2 m and turned 10-60 degrees from the source camera; a pair is
-    accepted when the fraction of source points with a target point within ``2 * voxel_size`` lies in
+    The source camera looks across the room (within 70 degrees of the direction to the room centre); the
+    target camera is moved 0.2-1.2 m and turned 10-60 degrees from it. Fragments without 3-D structure (a
+    single wall) are rejected, and a pair is accepted when the fraction of source points with a target point within ``2 * voxel_size`` lies in
     ``[min_overlap, max_overlap]`` (a new room and new cameras are drawn otherwise).
     """
     rng = np.random.default_rng(seed)
@@ -261,7 +271,10 @@ def fragment_pair(seed: int, voxel_size: float = 0.025, views: int = 3, min_over
         margin = 0.6
         position = np.array([rng.uniform(margin, room.size[0] - margin), rng.uniform(margin, room.size[1] - margin),
                              rng.uniform(1.0, 1.8)])
-        yaw, pitch = rng.uniform(0, 2 * math.pi), rng.uniform(-0.5, 0.05)
+        # look roughly across the room: a camera facing a nearby wall sees a plane, which has no unique pose
+        centre = room.size[:2] / 2
+        yaw = math.atan2(centre[1] - position[1], centre[0] - position[0]) + rng.uniform(-1.2, 1.2)
+        pitch = rng.uniform(-0.5, 0.05)
         src, src_pose = _fragment(room, position, yaw, pitch, rng, views, voxel_size)
         step = rng.normal(size=3) * np.array([1.0, 1.0, 0.2])
         step *= rng.uniform(0.2, 1.2) / np.linalg.norm(step)
@@ -270,7 +283,7 @@ def fragment_pair(seed: int, voxel_size: float = 0.025, views: int = 3, min_over
         tgt, tgt_pose = _fragment(room, moved, yaw + turn, pitch + rng.normal(0, 0.1), rng, views, voxel_size)
         transform = torch.from_numpy(np.linalg.inv(tgt_pose) @ src_pose).float()
         src_t, tgt_t = torch.from_numpy(src).float(), torch.from_numpy(tgt).float()
-        if src_t.size(0) < 50 or tgt_t.size(0) < 50:
+        if not (_informative(src_t) and _informative(tgt_t)):
             continue
         overlap = _overlap(src_t, tgt_t, transform, 2 * voxel_size)
         last = FragmentPair(src_t, tgt_t, transform, overlap, seed)

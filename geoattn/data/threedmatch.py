@@ -149,17 +149,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_pickle_load(path: str | Path):
-    """Load a pickle (or a legacy ``torch.save`` of numpy data) admitting only numpy arrays and containers."""
+    """Load a pickle (or a ``torch.save`` zip of numpy data) admitting only numpy arrays and containers."""
     path = Path(path)
     data = path.read_bytes()
-    try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError:
-        # zip-format torch files: weights-only torch.load with numpy reconstruction allowed
-        import numpy.core.multiarray as multiarray  # noqa: F401  (registers the module path)
+    if data[:2] == b"PK":  # zip-format torch file: weights-only torch.load with numpy reconstruction allowed
+        from numpy.core.multiarray import _reconstruct
 
-        with torch.serialization.safe_globals([np.core.multiarray._reconstruct, np.ndarray, np.dtype]):
+        with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def read_fragment(path: str | Path) -> torch.Tensor:
