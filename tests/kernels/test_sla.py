@@ -9,6 +9,9 @@ from geoattn.kernels.sla.naive import sla_naive
 from geoattn.sparse.window import WindowIndex
 
 needs_triton = pytest.mark.skipif(backends.triton() is None, reason="triton not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+# compiled kernels on a GPU machine; the interpreter (TRITON_INTERPRET=1, set by conftest) on CPU otherwise
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def window_of_lengths(lengths, batch_split=None) -> WindowIndex:
@@ -39,16 +42,22 @@ def forward_and_grads(backend, q, k, v, window, grad):
     return (y,) + grads
 
 
-def assert_matches_reference(backend, lengths, heads, depth=32, atol=1e-5, rtol=1e-4):
+def to_device(window: WindowIndex, device) -> WindowIndex:
+    return WindowIndex.from_coords(window.coords.to(device), window.window_shape, window.shift)
+
+
+def assert_matches_reference(backend, lengths, heads, depth=32, atol=1e-5, rtol=1e-4, device="cpu"):
     window = window_of_lengths(lengths)
     q, k, v = make_inputs(window.num_voxels, heads, depth, floor=0.05)
     grad = torch.randn(window.num_voxels, heads, depth)
     # the reference runs in float64 so that only the tested path's float32 rounding is measured
     expected = forward_and_grads("naive", *[t.detach().double().requires_grad_() for t in (q, k, v)], window,
                                  grad.double())
-    actual = forward_and_grads(backend, q, k, v, window, grad)
+    device_window = to_device(window, device)
+    inputs = [t.detach().to(device).requires_grad_() for t in (q, k, v)]
+    actual = forward_and_grads(backend, *inputs, device_window, grad.to(device))
     for name, a, e in zip(("y", "dq", "dk", "dv"), actual, expected):
-        e = e.to(a.dtype)
+        a, e = a.cpu(), e.to(a.dtype)
         torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m: f"{backend} {name}: {m}")
 
 
@@ -113,7 +122,7 @@ def test_cpu_half_precision_large_window_is_finite_and_close(dtype):
                                                  ([17, 50], 1, 24)])
 def test_triton_matches_reference(lengths, heads, depth):
     # interpreted on CPU (TRITON_INTERPRET=1 from conftest): small inputs; 300 rows span two 256-row blocks
-    assert_matches_reference("triton", lengths, heads=heads, depth=depth)
+    assert_matches_reference("triton", lengths, heads=heads, depth=depth, device=TRITON_DEVICE)
 
 
 @needs_triton
@@ -121,10 +130,27 @@ def test_triton_matches_reference(lengths, heads, depth):
 def test_triton_half_precision_large_window(dtype):
     window = window_of_lengths([2304])
     q, k, v = make_inputs(2304, 1, 32, dtype=dtype, scale=4.0)
-    y = scattered_linear_attention(q, k, v, window, backend="triton")
+    y = scattered_linear_attention(*[t.to(TRITON_DEVICE) for t in (q, k, v)], to_device(window, TRITON_DEVICE),
+                                   backend="triton").cpu()
     assert y.dtype == dtype and torch.isfinite(y).all()
     reference = sla_naive(q.float(), k.float(), v.float(), window.offsets)
     assert ((y.float() - reference).abs().max() / reference.abs().max()) < 1e-2
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("lengths", [[1], [31], [33], [1000], [3000], [1, 31, 33, 64, 65, 2, 1000, 5, 2304]])
+@pytest.mark.parametrize("heads", [1, 4, 8])
+def test_triton_cuda_matches_reference(lengths, heads):
+    assert_matches_reference("triton", lengths, heads=heads, device="cuda")
+
+
+@needs_cuda
+def test_cuda_dispatch_and_torch_path_on_cuda():
+    window = window_of_lengths([5, 700])
+    q, k, v = make_inputs(window.num_voxels, 4, 32)
+    assert select_backend(q.cuda()) == ("triton" if backends.triton() is not None else "cpu")
+    assert_matches_reference("cpu", [5, 700], heads=4, device="cuda")
 
 
 def test_backend_selection(monkeypatch):

@@ -160,3 +160,15 @@ def test_attention_pillar_pooling_matches_per_pillar_loop():
         torch.testing.assert_close(out[p], expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="height"):
         AttentionPillarPooling(8, 2, height=3)(x, coords)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+def test_block_on_cuda_matches_cpu():
+    coords = random_sites(400, shape=(8, 40, 40))
+    block = ScatterFormerBlock(32, heads=4, window_size=12).eval()
+    x = torch.randn(400, 32)
+    window = WindowIndex.from_coords(coords, 12)
+    expected = block(window.sort(x), window)
+    cuda_window = WindowIndex.from_coords(coords.cuda(), 12)
+    out = block.cuda()(cuda_window.sort(x.cuda()), cuda_window)
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
