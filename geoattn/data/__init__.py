@@ -1,5 +1,8 @@
 from geoattn.data.ogb import (load_ogb_node_dataset, ogb_evaluator, ogb_node_split,
                               write_synthetic_ogb_node_dataset)
+from geoattn.data.bvh import load_bvh, load_bvh_h36m17
+from geoattn.data.h36m import (ChunkedWindows, flip_pose, load_positions_2d, load_positions_3d,
+                               normalize_screen_coordinates)
 from geoattn.data.scenes import EVAL_SEEDS, TRAIN_SEEDS, FragmentPair, SyntheticPairs, fragment_pair
 from geoattn.data.threedmatch import (ThreeDMatchPairs, read_fragment, read_gt_info, read_gt_log, read_gt_overlap,
                                      write_gt_log)

@@ -1,0 +1,85 @@
+"""Training and evaluation helpers for 2D -> 3D lifting models (GLA-GCN, VideoPose3D-style baselines).
+
+Models take windows ``[B, T, V, 2]`` and return centre-frame poses ``[B, 1, V, 3]``; data come from
+:class:`geoattn.data.h36m.ChunkedWindows`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from geoattn.data.h36m import ChunkedWindows, flip_pose
+from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
+from geoattn.pose.metrics import mpjpe, n_mpjpe, p_mpjpe
+
+__all__ = ["set_bn_momentum", "bn_momentum", "train_epoch", "predict", "pose_metrics"]
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every batch-norm layer of ``model``."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
+def bn_momentum(epoch: int, epochs: int, initial: float = 0.1, final: float = 0.001) -> float:
+    """VideoPose3D's schedule: momentum decays exponentially from ``initial`` (epoch 0) to ``final``."""
+    if epochs <= 1:
+        return initial
+    return initial * math.exp(epoch / (epochs - 1) * math.log(final / initial))
+
+
+def train_epoch(model: nn.Module, windows: ChunkedWindows, optimizer: torch.optim.Optimizer, batch_size: int,
+                rng: np.random.Generator, device: torch.device | str = "cpu", progress=None) -> float:
+    """One pass over shuffled ``windows`` minimising MPJPE; returns the mean training loss.
+
+    ``progress`` is an optional callable ``progress(num_items, loss)`` (e.g. a tqdm ``update`` wrapper).
+    """
+    model.train()
+    total, count = 0.0, 0
+    for inputs, targets in windows.batches(batch_size, shuffle=True, generator=rng):
+        inputs, targets = inputs.to(device), targets.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = mpjpe(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(inputs)
+        count += len(inputs)
+        if progress is not None:
+            progress(len(inputs), loss.item())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, windows: ChunkedWindows, batch_size: int = 1024, device: torch.device | str = "cpu",
+            flip_test: bool = True, joints_left: Sequence[int] = H36M_JOINTS_LEFT,
+            joints_right: Sequence[int] = H36M_JOINTS_RIGHT) -> Tensor:
+    """Centre-frame predictions ``[M, V, 3]`` for the ``M = windows.num_frames`` un-flipped windows.
+
+    With ``flip_test`` the model also sees each mirrored window; its output is mirrored back and
+    averaged with the direct prediction (flip test-time augmentation).
+    """
+    model.eval()
+    outputs = []
+    for begin in range(0, windows.num_frames, batch_size):
+        inputs, _ = windows.get(np.arange(begin, min(begin + batch_size, windows.num_frames)))
+        inputs = inputs.to(device)
+        prediction = model(inputs)[:, 0]
+        if flip_test:
+            mirrored = model(flip_pose(inputs, joints_left, joints_right))[:, 0]
+            prediction = 0.5 * (prediction + flip_pose(mirrored, joints_left, joints_right))
+        outputs.append(prediction.cpu())
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def pose_metrics(prediction: Tensor, target: Tensor, scale: float = 1000.0) -> dict[str, float]:
+    """``{'mpjpe', 'p_mpjpe', 'n_mpjpe'}`` (times ``scale``: metres -> millimetres by default)."""
+    return {
+        "mpjpe": float(mpjpe(prediction, target)) * scale,
+        "p_mpjpe": float(p_mpjpe(prediction, target)) * scale,
+        "n_mpjpe": float(n_mpjpe(prediction, target)) * scale,
+    }

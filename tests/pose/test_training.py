@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+import torch
+
+from geoattn.data.h36m import ChunkedWindows, flip_pose
+from geoattn.models import GLAGCN
+from geoattn.pose.training import bn_momentum, pose_metrics, predict, set_bn_momentum, train_epoch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops run far faster on one intra-op thread than on several contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class MirrorConsistent(torch.nn.Module):
+    """Predicts (x, y, 0) of the centre frame: commutes with flipping."""
+
+    def forward(self, windows):
+        centre = windows[:, windows.shape[1] // 2]
+        return torch.cat([centre, torch.zeros_like(centre[..., :1])], -1)[:, None]
+
+
+def test_bn_momentum_schedule():
+    assert np.isclose(bn_momentum(0, 10), 0.1) and np.isclose(bn_momentum(9, 10), 0.001)
+    assert bn_momentum(1, 1) == 0.1
+    model = GLAGCN(channels=8, filter_widths=(3,))
+    set_bn_momentum(model, 0.02)
+    assert model.input_norm.momentum == 0.02
+
+
+def test_predict_with_flip_test_time_augmentation():
+    poses = np.random.default_rng(0).normal(size=(6, 17, 2)).astype(np.float32)
+    windows = ChunkedWindows([poses], None, receptive_field=3)
+    plain = predict(MirrorConsistent(), windows, batch_size=4, flip_test=False)
+    assert plain.shape == (6, 17, 3)
+    assert torch.allclose(predict(MirrorConsistent(), windows, flip_test=True), plain, atol=1e-6)
+    assert torch.allclose(flip_pose(flip_pose(plain)), plain)
+
+
+def test_train_epoch_reduces_the_loss():
+    rng = np.random.default_rng(0)
+    poses_3d = rng.normal(size=(12, 17, 3)).astype(np.float32) * 0.1
+    windows = ChunkedWindows([poses_3d[..., :2]], [poses_3d], receptive_field=3, flip=True)
+    model = GLAGCN(channels=8, filter_widths=(3,), dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = [train_epoch(model, windows, optimizer, 8, rng) for _ in range(8)]
+    assert losses[-1] < losses[0]
+    metrics = pose_metrics(predict(model, ChunkedWindows([poses_3d[..., :2]], [poses_3d], 3)),
+                           torch.from_numpy(poses_3d))
+    assert set(metrics) == {"mpjpe", "p_mpjpe", "n_mpjpe"}
