@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 import os
 import statistics
 import sys
@@ -81,9 +82,15 @@ def close(a, b, atol=1e-4):
 
 
 def random_graph(num_nodes: int, num_edges: int, seed: int = 0):
+    """Undirected random graph: ``num_edges // 2`` uniform node pairs without self loops, in both directions.
+
+    (Self loops are left out because GCN normalisations disagree on them: PyG replaces an existing loop,
+    ``A + I`` adds to it.)
+    """
     generator = torch.Generator().manual_seed(seed)
-    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=generator)
-    return edge_index
+    pairs = torch.randint(0, num_nodes, (2, num_edges), generator=generator)
+    pairs = pairs[:, pairs[0] != pairs[1]][:, : num_edges // 2]
+    return torch.cat([pairs, pairs.flip(0)], dim=1)
 
 
 def bench_segment(rec: Recorder, num_nodes: int, num_edges: int, channels: int) -> None:
@@ -140,6 +147,211 @@ def bench_segment(rec: Recorder, num_nodes: int, num_edges: int, channels: int) 
         rec.compare(f"scatter_{reduce}", lambda f=fn: f(src, unsorted, num_nodes), baselines, check=close)
 
 
+# ---------------------------------------------------------------------------------------------
+# point primitives on a real KITTI frame
+# ---------------------------------------------------------------------------------------------
+def _row_splits(n):
+    return torch.tensor([0, n], dtype=torch.long)
+
+
+def bench_neighbors(rec: Recorder, points: torch.Tensor) -> None:
+    pos = points[:, :3].contiguous()
+    queries = pos[::8].contiguous()
+    ops = backends.open3d_ops()
+    k, radius, max_neighbors = 16, 0.5, 32
+    same_sets = lambda a, b: torch.testing.assert_close(a[0].sort(1).values, b.sort(1).values)  # noqa: E731
+
+    rec.compare(
+        "knn (k=16, N/8 queries)",
+        lambda: sparse.knn(pos, queries, k),
+        {
+            "open3d.knn_search": (lambda: ops.knn_search(pos, queries, k, _row_splits(len(pos)),
+                                                         _row_splits(len(queries)), index_dtype=torch.int64,
+                                                         return_distances=True)) if ops else None,
+            "torch.cdist+topk (blocked)": lambda: _blocked_knn(pos, queries, k),
+        },
+    )
+    rec.compare(
+        "radius (r=0.5 m, max 32)",
+        lambda: sparse.radius(pos, queries, radius, max_neighbors),
+        {
+            "open3d.FixedRadiusSearch": _open3d_fixed_radius(pos, queries, radius),
+            "open3d.knn_search+mask": (lambda: _open3d_knn_within(ops, pos, queries, max_neighbors, radius))
+            if ops else None,
+        },
+    )
+    fps_points = pos[:16384].contiguous()
+    rec.compare(
+        "fps (16384 -> 1024)",
+        lambda: sparse.fps(fps_points, num_samples=1024),
+        {
+            "open3d.furthest_point_sampling": (lambda: ops.furthest_point_sampling(fps_points[None], 1024))
+            if ops else None,
+            "torch (loop over samples)": lambda: _plain_fps(fps_points, 1024),
+        },
+    )
+    rec.compare(
+        "grid_subsample (0.2 m)",
+        lambda: sparse.grid_subsample(pos, 0.2),
+        {"torch.unique+index_add_": lambda: _plain_grid_subsample(pos, 0.2)},
+    )
+
+
+def _blocked_knn(support, query, k, block=4096):
+    out = []
+    for start in range(0, query.size(0), block):
+        d = torch.cdist(query[start:start + block], support)
+        out.append(d.topk(k, largest=False).indices)
+    return torch.cat(out)
+
+
+def _open3d_fixed_radius(pos, queries, radius):
+    try:
+        from open3d.ml.torch.layers import FixedRadiusSearch
+    except ImportError:
+        return None
+    search = FixedRadiusSearch(return_distances=True)
+    return lambda: search(pos, queries, radius)
+
+
+def _open3d_knn_within(ops, pos, queries, k, radius):
+    result = ops.knn_search(pos, queries, k, _row_splits(len(pos)), _row_splits(len(queries)),
+                            index_dtype=torch.int64, return_distances=True)
+    index = result.neighbors_index.view(-1, k)
+    return index.masked_fill(result.neighbors_distance.view(-1, k) > radius * radius, -1)
+
+
+def _plain_fps(pos, num_samples):
+    chosen = torch.empty(num_samples, dtype=torch.long)
+    min_dist2 = torch.full((pos.size(0),), float("inf"))
+    current = 0
+    for step in range(num_samples):
+        chosen[step] = current
+        min_dist2 = torch.minimum(min_dist2, (pos - pos[current]).pow(2).sum(1))
+        current = int(min_dist2.argmax())
+    return chosen
+
+
+def _plain_grid_subsample(pos, voxel_size):
+    cells = torch.floor(pos / voxel_size).long()
+    _, cluster, counts = torch.unique(cells, dim=0, return_inverse=True, return_counts=True)
+    sums = pos.new_zeros(counts.numel(), 3).index_add_(0, cluster, pos)
+    return sums / counts[:, None], cluster
+
+
+WAYMO_VOXEL = (0.32, 0.32, 0.1875)
+WAYMO_RANGE = (-76.8, -76.8, -2.0, 76.8, 76.8, 4.0)
+
+
+def bench_voxel_window(rec: Recorder, points: torch.Tensor) -> None:
+    pos = points[:, :3].contiguous()
+    spc = backends.spconv()
+    ops = backends.open3d_ops()
+    baselines = {"torch.unique+index_add_": lambda: _plain_voxelize(pos, WAYMO_VOXEL, WAYMO_RANGE)}
+    if spc is not None:
+        from spconv.pytorch.utils import PointToVoxel
+
+        generator = PointToVoxel(vsize_xyz=list(WAYMO_VOXEL), coors_range_xyz=list(WAYMO_RANGE),
+                                 num_point_features=3, max_num_voxels=pos.size(0), max_num_points_per_voxel=1)
+        baselines["spconv.PointToVoxel(id)"] = lambda: generator.generate_voxel_with_id(pos, clear_voxels=False)
+        generator_mean = PointToVoxel(vsize_xyz=list(WAYMO_VOXEL), coors_range_xyz=list(WAYMO_RANGE),
+                                      num_point_features=3, max_num_voxels=pos.size(0), max_num_points_per_voxel=5)
+        baselines["spconv.PointToVoxel(mean,5)"] = lambda: generator_mean(pos, empty_mean=True)
+    if ops is not None:
+        low = torch.tensor(WAYMO_RANGE[:3])
+        high = torch.tensor(WAYMO_RANGE[3:])
+        size = torch.tensor(WAYMO_VOXEL)
+        baselines["open3d.voxelize"] = lambda: ops.voxelize(pos, _row_splits(len(pos)), size, low, high,
+                                                            max_points_per_voxel=1 << 20, max_voxels=1 << 30)
+    rec.compare("voxelize (Waymo config)", lambda: sparse.voxelize(pos, WAYMO_VOXEL, WAYMO_RANGE), baselines)
+
+    coords = sparse.voxelize(pos, WAYMO_VOXEL, WAYMO_RANGE).coords
+    shuffled = coords[torch.randperm(coords.size(0))]
+    rec.compare(
+        "WindowIndex.from_coords (12x12)",
+        lambda: sparse.WindowIndex.from_coords(shuffled, 12),
+        {"torch.unique+argsort": lambda: _plain_windows(shuffled, 12)},
+    )
+
+
+def _plain_voxelize(pos, voxel_size, point_range):
+    low = torch.tensor(point_range[:3])
+    high = torch.tensor(point_range[3:])
+    inside = ((pos >= low) & (pos < high)).all(1)
+    kept = pos[inside]
+    cells = torch.floor((kept - low) / torch.tensor(voxel_size)).long()
+    _, inverse, counts = torch.unique(cells, dim=0, return_inverse=True, return_counts=True)
+    sums = kept.new_zeros(counts.numel(), 3).index_add_(0, inverse, kept)
+    return sums / counts[:, None]
+
+
+def _plain_windows(coords, window):
+    key = torch.stack([coords[:, 0], coords[:, 2] // window, coords[:, 3] // window], 1)
+    _, window_id, counts = torch.unique(key, dim=0, return_inverse=True, return_counts=True)
+    perm = torch.argsort(window_id, stable=True)
+    return perm, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# graph primitives on a random graph
+# ---------------------------------------------------------------------------------------------
+def bench_graph(rec: Recorder, num_nodes: int, num_edges: int, channels: int) -> None:
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+    from torch_geometric.utils import scatter as pyg_scatter
+    from torch_geometric.utils import sort_edge_index
+
+    edge_index = random_graph(num_nodes, num_edges, seed=1)
+    x = torch.randn(num_nodes, channels)
+    rec.compare(
+        "csr_from_edge_index",
+        lambda: sparse.csr_from_edge_index(edge_index, num_nodes),
+        {
+            "pyg.sort_edge_index+index2ptr": lambda: _pyg_csr(sort_edge_index, edge_index, num_nodes),
+            "torch.sparse_coo.to_sparse_csr": lambda: torch.sparse_coo_tensor(
+                edge_index.flip(0), torch.ones(num_edges), (num_nodes, num_nodes)).coalesce().to_sparse_csr(),
+        },
+    )
+    adjacency = sparse.NormalizedAdjacency(edge_index, num_nodes)
+    norm_index, norm_weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
+    pyg_csr = torch.sparse_coo_tensor(norm_index.flip(0), norm_weight, (num_nodes, num_nodes)).to_sparse_csr()
+    rec.compare(
+        "normalized_propagate (built)",
+        lambda: sparse.normalized_propagate(x, adjacency),
+        {
+            "torch.sparse.mm(pyg gcn_norm csr)": lambda: torch.sparse.mm(pyg_csr, x),
+            "pyg gather+scatter": lambda: pyg_scatter(x[norm_index[0]] * norm_weight[:, None], norm_index[1], 0,
+                                                      num_nodes, "sum"),
+        },
+        check=close,
+    )
+    rec.compare(
+        "normalized_propagate (from edge_index)",
+        lambda: sparse.normalized_propagate(x, edge_index),
+        {
+            "pyg gcn_norm+sparse.mm": lambda: torch.sparse.mm(_gcn_csr(gcn_norm, edge_index, num_nodes), x),
+            "pyg GCNConv-style propagate": lambda: _pyg_propagate(gcn_norm, pyg_scatter, x, edge_index, num_nodes),
+        },
+        check=close,
+    )
+
+
+def _pyg_csr(sort_edge_index, edge_index, num_nodes):
+    from torch_geometric.utils.sparse import index2ptr
+
+    ordered = sort_edge_index(edge_index, num_nodes=num_nodes, sort_by_row=False)
+    return index2ptr(ordered[1], num_nodes), ordered[0]
+
+
+def _gcn_csr(gcn_norm, edge_index, num_nodes):
+    index, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
+    return torch.sparse_coo_tensor(index.flip(0), weight, (num_nodes, num_nodes)).to_sparse_csr()
+
+
+def _pyg_propagate(gcn_norm, pyg_scatter, x, edge_index, num_nodes):
+    index, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
+    return pyg_scatter(x[index[0]] * weight[:, None], index[1], 0, num_nodes, "sum")
+
+
 def _pyg_index2ptr(index, size):
     try:
         from torch_geometric.utils.sparse import index2ptr
@@ -166,6 +378,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch's beta notices for sparse CSR baselines
     rec = Recorder(args.repeats, verbose=not args.json)
     bench_segment(rec, args.nodes, args.edges, args.channels)
     frame_path = args.frame or data_root() / DEFAULT_FRAME
@@ -184,8 +397,8 @@ def main(argv=None) -> int:
     return 0
 
 
-POINT_BENCHES: list = []
-GRAPH_BENCHES: list = []
+POINT_BENCHES = [bench_neighbors, bench_voxel_window]
+GRAPH_BENCHES = [bench_graph]
 
 if __name__ == "__main__":
     sys.exit(main())
