@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
+from geoattn.sparse.geometry import make_transform, quaternion_to_matrix, transform_points
 
 __all__ = [
     "H36M_CAMERA_IDS",
@@ -75,12 +76,7 @@ class Camera:
                         width: int, height: int, radial=(0.0, 0.0, 0.0), tangential=(0.0, 0.0)) -> "Camera":
         """From VideoPose3D's extrinsics: ``orientation`` (w, x, y, z) rotates camera axes into the world,
         ``translation_mm`` is the camera centre in world millimetres."""
-        w, x, y, z = np.asarray(orientation, dtype=np.float64) / np.linalg.norm(orientation)
-        camera_to_world = np.array([
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ])
+        camera_to_world = quaternion_to_matrix(torch.as_tensor(orientation, dtype=torch.float64)).numpy()
         return Camera(camera_to_world.T, np.asarray(translation_mm, dtype=np.float64) / 1000.0,
                       np.asarray(focal, dtype=np.float64), np.asarray(principal, dtype=np.float64),
                       int(width), int(height), np.asarray(radial, dtype=np.float64),
@@ -157,16 +153,27 @@ def load_mmpose_cameras(path: str | Path) -> dict[tuple[str, str], Camera]:
     return cameras
 
 
-def world_to_camera(points: np.ndarray, camera: Camera) -> np.ndarray:
-    """``[..., 3]`` world points -> camera axes: ``(p - centre) @ R.T`` (dtype preserved)."""
-    points = np.asarray(points)
-    return ((points - camera.centre) @ camera.rotation.T).astype(points.dtype, copy=False)
+def _rigid(points, rotation: np.ndarray, translation: np.ndarray):
+    """``points @ rotation.T + translation`` through :func:`geoattn.sparse.geometry.transform_points`,
+    for numpy arrays or tensors (dtype and type preserved)."""
+    as_tensor = torch.as_tensor(points)
+    transform = make_transform(torch.as_tensor(rotation, dtype=torch.float64),
+                               torch.as_tensor(translation, dtype=torch.float64))
+    flat = as_tensor.reshape(-1, 3).double()
+    moved = transform_points(flat, transform.to(flat.device)).reshape(as_tensor.shape)
+    if isinstance(points, Tensor):
+        return moved.to(points.dtype)
+    return moved.numpy().astype(np.asarray(points).dtype, copy=False)
 
 
-def camera_to_world(points: np.ndarray, camera: Camera) -> np.ndarray:
+def world_to_camera(points, camera: Camera):
+    """``[..., 3]`` world points -> camera axes: ``(p - centre) @ R.T`` (numpy or torch, dtype kept)."""
+    return _rigid(points, camera.rotation, -camera.rotation @ camera.centre)
+
+
+def camera_to_world(points, camera: Camera):
     """Inverse of :func:`world_to_camera`: ``p @ R + centre``."""
-    points = np.asarray(points)
-    return (points @ camera.rotation + camera.centre).astype(points.dtype, copy=False)
+    return _rigid(points, camera.rotation.T, camera.centre)
 
 
 def project_to_pixels(points: np.ndarray | Tensor, camera: Camera, distort: bool = True):

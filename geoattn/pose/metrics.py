@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geoattn.sparse.geometry import weighted_kabsch
+
 __all__ = ["mpjpe", "p_mpjpe", "n_mpjpe", "procrustes_align", "pck", "auc", "joint_errors"]
 
 
@@ -37,27 +39,22 @@ def mpjpe(prediction, target) -> Tensor:
 def procrustes_align(prediction, target) -> Tensor:
     r"""``prediction`` aligned to ``target`` per pose by the optimal similarity transform.
 
-    Minimises :math:`\sum_v |s R p_v + t - q_v|^2`: with centred points :math:`P, Q` and
-    :math:`U \Sigma V^\top = \operatorname{svd}(P^\top Q)`, :math:`R = V D U^\top` where
-    :math:`D = \operatorname{diag}(1, \dots, 1, \operatorname{sign}\det(V U^\top))` rules out
-    reflections, :math:`s = \operatorname{tr}(\Sigma D) / |P|^2`.
+    Minimises :math:`\sum_v |s R p_v + t - q_v|^2` over proper rotations. The optimal rotation is the
+    rigid one (Kabsch with the reflection fix, :func:`geoattn.sparse.geometry.weighted_kabsch`); with
+    centred points :math:`P, Q` the scale is then :math:`s = \sum_v \langle R p_v, q_v \rangle / |P|^2`.
     """
     prediction, target = _as_pair(prediction, target)
     p = prediction.double()
     q = target.double()
-    p_mean, q_mean = p.mean(-2, keepdim=True), q.mean(-2, keepdim=True)
-    p_centred, q_centred = p - p_mean, q - q_mean
-    u, sigma, vh = torch.linalg.svd(p_centred.transpose(-1, -2) @ q_centred)
-    v = vh.transpose(-1, -2)
-    sign = torch.sign(torch.linalg.det(v @ u.transpose(-1, -2)))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    d = torch.ones_like(sigma)
-    d[..., -1] = sign
-    rotation = (v * d.unsqueeze(-2)) @ u.transpose(-1, -2)
-    norm = (p_centred ** 2).sum((-1, -2))
-    scale = (sigma * d).sum(-1) / norm.clamp_min(torch.finfo(torch.float64).tiny)
-    aligned = scale[..., None, None] * p_centred @ rotation.transpose(-1, -2) + q_mean
-    return aligned.to(prediction.dtype)
+    if p.size(-1) != 3:
+        raise ValueError(f"prediction: expected 3-D joints [..., V, 3], got shape {tuple(p.shape)}")
+    rotation = weighted_kabsch(p, q)[..., :3, :3]
+    p_centred = p - p.mean(-2, keepdim=True)
+    q_mean = q.mean(-2, keepdim=True)
+    rotated = p_centred @ rotation.transpose(-1, -2)
+    norm = (p_centred ** 2).sum((-1, -2)).clamp_min(torch.finfo(torch.float64).tiny)
+    scale = (rotated * (q - q_mean)).sum((-1, -2)) / norm
+    return (scale[..., None, None] * rotated + q_mean).to(prediction.dtype)
 
 
 def p_mpjpe(prediction, target) -> Tensor:
