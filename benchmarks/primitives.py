@@ -292,6 +292,105 @@ def _plain_windows(coords, window):
     return perm, counts
 
 
+def bench_geometry(rec: Recorder, points: torch.Tensor) -> None:
+    pos = points[:, :3].contiguous()
+    generator = torch.Generator().manual_seed(0)
+    normals = torch.nn.functional.normalize(torch.randn(pos.shape, generator=generator), dim=1)
+    index = torch.randint(0, pos.size(0), (pos.size(0),), generator=generator)
+    rec.compare(
+        "point_pair_features",
+        lambda: sparse.point_pair_features(pos, normals, pos[index], normals[index]),
+        {"torch acos formula": lambda: _plain_ppf(pos, normals, pos[index], normals[index])},
+        check=lambda a, b: torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3),
+    )
+    cloud = pos[:20000].contiguous()
+    rec.compare(
+        "estimate_normals (k=16, 20k pts)",
+        lambda: sparse.estimate_normals(cloud, k=16),
+        {"open3d PointCloud.estimate_normals": _open3d_normals(cloud, 16),
+         "torch knn+eigh": lambda: _plain_normals(cloud, 16)},
+    )
+    rotation = sparse.random_rotation(generator=generator)
+    transform = sparse.make_transform(rotation, torch.tensor([1.0, -2.0, 0.5]))
+    rec.compare(
+        "transform_points",
+        lambda: sparse.transform_points(pos, transform),
+        {"torch p @ R.T + t": lambda: pos @ transform[:3, :3].T + transform[:3, 3]},
+        check=close,
+    )
+    src = torch.randn(256, 512, 3, generator=generator)
+    dst = src @ rotation.T + 0.1
+    weights = torch.rand(256, 512, generator=generator)
+    rec.compare(
+        "weighted_kabsch (256 x 512)",
+        lambda: sparse.weighted_kabsch(src, dst, weights),
+        {"torch svd (batched)": lambda: _plain_kabsch(src, dst, weights)},
+        check=lambda a, b: torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4),
+    )
+    lidar2img = torch.tensor([[609.7, -721.4, -1.3, -123.0], [172.5, 9.6, -722.5, -101.0],
+                              [0.99, 0.007, 0.0082, -0.27], [0.0, 0.0, 0.0, 1.0]])
+    rec.compare(
+        "project_to_image (1 camera)",
+        lambda: sparse.project_to_image(pos, lidar2img, (375, 1242)),
+        {"torch homogeneous matmul": lambda: _plain_projection(pos, lidar2img, (375, 1242))},
+    )
+
+
+def _plain_ppf(p_i, n_i, p_j, n_j):
+    d = p_j - p_i
+    dist = d.norm(dim=-1)
+    unit = d / dist.clamp_min(1e-12)[:, None]
+    angle = lambda a, b: torch.acos((a * b).sum(-1).clamp(-1, 1))  # noqa: E731
+    return torch.stack([dist, angle(n_i, unit), angle(n_j, unit), angle(n_i, n_j)], dim=-1)
+
+
+def _open3d_normals(points, k):
+    try:
+        import open3d as o3d
+    except ImportError:
+        return None
+    array = points.double().numpy()
+
+    def run():
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(array))
+        cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn=k))
+        return np.asarray(cloud.normals)
+
+    return run
+
+
+def _plain_normals(points, k):
+    index, _ = sparse.knn(points, points, k)
+    neighbourhood = points[index]
+    centred = neighbourhood - neighbourhood.mean(1, keepdim=True)
+    covariance = centred.transpose(1, 2) @ centred
+    return torch.linalg.eigh(covariance).eigenvectors[..., 0]
+
+
+def _plain_kabsch(src, dst, weights):
+    w = weights / weights.sum(-1, keepdim=True)
+    src_mean = (w[..., None] * src).sum(-2, keepdim=True)
+    dst_mean = (w[..., None] * dst).sum(-2, keepdim=True)
+    h = (w[..., None] * (src - src_mean)).transpose(-1, -2) @ (dst - dst_mean)
+    u, _, vh = torch.linalg.svd(h)
+    sign = torch.sign(torch.linalg.det(vh.transpose(-1, -2) @ u.transpose(-1, -2)))
+    fix = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
+    rotation = vh.transpose(-1, -2) @ fix @ u.transpose(-1, -2)
+    translation = dst_mean.squeeze(-2) - (rotation @ src_mean.transpose(-1, -2)).squeeze(-1)
+    out = torch.eye(4).repeat(src.shape[0], 1, 1)
+    out[:, :3, :3] = rotation
+    out[:, :3, 3] = translation
+    return out
+
+
+def _plain_projection(points, lidar2img, image_hw):
+    homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], 1) @ lidar2img.T
+    depth = homogeneous[:, 2]
+    uv = homogeneous[:, :2] / depth.clamp_min(1e-5)[:, None]
+    valid = (depth > 1e-5) & (uv[:, 0] >= 0) & (uv[:, 0] < image_hw[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < image_hw[0])
+    return uv, depth, valid
+
+
 # ---------------------------------------------------------------------------------------------
 # graph primitives on a random graph
 # ---------------------------------------------------------------------------------------------
@@ -397,7 +496,7 @@ def main(argv=None) -> int:
     return 0
 
 
-POINT_BENCHES = [bench_neighbors, bench_voxel_window]
+POINT_BENCHES = [bench_neighbors, bench_voxel_window, bench_geometry]
 GRAPH_BENCHES = [bench_graph]
 
 if __name__ == "__main__":
