@@ -31,23 +31,51 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _scatter_rows(rows: Tensor, chunks: WindowChunks, heads: int, width: int, ones: bool = False) -> Tensor:
-    """Rows ``[N, H, D]`` into zero-padded chunk buffers ``[K, H, L, width]`` (a ones column at ``D`` if asked)."""
-    buffer = rows.new_empty(chunks.num_chunks, heads, chunks.chunk_size, width)
-    # zero only the padding slots (about a quarter of the buffer) instead of filling it all
-    pad_chunk, pad_position = chunks.padding
-    buffer[pad_chunk, :, pad_position] = 0
-    depth = rows.shape[-1]
-    target = buffer if width == depth else buffer[..., :depth]
-    target[chunks.row_chunk, :, chunks.row_position] = rows
-    if ones:
-        buffer[chunks.row_chunk, :, chunks.row_position, depth] = 1
-    return buffer
+def _flat_slots(chunks: WindowChunks, heads: int) -> tuple[Tensor, Tensor]:
+    """Slot indices into a chunk buffer ``[K, H, L, X]`` viewed as ``[K * H * L, X]`` (cached on the table).
+
+    Returns ``(rows [N * H], padding [P])``: the slot of every (row, head) pair in ``rows.reshape(N * H, X)``
+    order, and every padding slot. Flat slots make scatters and gathers plain ``index_copy_`` and
+    ``index_select`` over contiguous ``X``-element rows.
+    """
+    key = ("_sla_flat_slots", heads)
+    cached = chunks.__dict__.get(key)
+    if cached is None:
+        length = chunks.chunk_size
+        head = torch.arange(heads, device=chunks.window.device)
+        rows = ((chunks.row_chunk.unsqueeze(1) * heads + head) * length + chunks.row_position.unsqueeze(1)).reshape(-1)
+        pad_chunk, pad_position = chunks.padding
+        padding = ((pad_chunk.unsqueeze(1) * heads + head) * length + pad_position.unsqueeze(1)).reshape(-1)
+        cached = (rows, padding)
+        chunks.__dict__[key] = cached
+    return cached
+
+
+def _scatter_rows(rows: Tensor, chunks: WindowChunks, extra: float | Tensor | None = None) -> Tensor:
+    """Rows ``[N, H, D]`` into zero-padded chunk buffers ``[K, H, L, D]``, or ``[K, H, L, D + 1]`` when ``extra``
+    (a number or ``[N, H]``) fills one more column at the row slots."""
+    num_rows, heads, depth = rows.shape
+    width = depth if extra is None else depth + 1
+    row_slots, padding_slots = _flat_slots(chunks, heads)
+    buffer = rows.new_empty(chunks.num_chunks * heads * chunks.chunk_size, width)
+    if extra is None:
+        buffer.index_copy_(0, row_slots, rows.reshape(num_rows * heads, depth))
+    else:
+        buffer[:, :depth].index_copy_(0, row_slots, rows.reshape(num_rows * heads, depth))
+        if isinstance(extra, Tensor):
+            buffer[:, depth].index_copy_(0, row_slots, extra.reshape(-1))
+        else:
+            buffer[:, depth].index_fill_(0, row_slots, extra)
+    # zero only the padding slots (about a quarter of the buffer on real frames) instead of filling it all
+    buffer.index_fill_(0, padding_slots, 0)
+    return buffer.view(chunks.num_chunks, heads, chunks.chunk_size, width)
 
 
 def _gather_rows(buffer: Tensor, chunks: WindowChunks) -> Tensor:
     """Inverse of :func:`_scatter_rows`: ``[K, H, L, X]`` -> ``[N, H, X]``."""
-    return buffer[chunks.row_chunk, :, chunks.row_position]
+    heads, width = buffer.shape[1], buffer.shape[-1]
+    row_slots, _ = _flat_slots(chunks, heads)
+    return buffer.reshape(-1, width).index_select(0, row_slots).view(-1, heads, width)
 
 
 def _window_states(chunk_states: Tensor, chunks: WindowChunks) -> Tensor:
@@ -66,9 +94,9 @@ class SLAFunction(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunks: WindowChunks, eps: float) -> Tensor:
         dtype = _compute_dtype(q.dtype)
         heads, depth = q.shape[1], q.shape[2]
-        q_chunks = _scatter_rows(q.to(dtype), chunks, heads, depth)
-        k_chunks = _scatter_rows(k.to(dtype), chunks, heads, depth)
-        v_chunks = _scatter_rows(v.to(dtype), chunks, heads, depth + 1, ones=True)
+        q_chunks = _scatter_rows(q.to(dtype), chunks)
+        k_chunks = _scatter_rows(k.to(dtype), chunks)
+        v_chunks = _scatter_rows(v.to(dtype), chunks, extra=1.0)  # [V | 1]: the state's last column is z
         states = _window_states(torch.matmul(k_chunks.transpose(-1, -2), v_chunks), chunks)  # [K, H, D, D+1]
         both = _gather_rows(torch.matmul(q_chunks, states), chunks)  # [N, H, D+1]
         scale = 1.0 / (both[..., depth:] + eps)
@@ -84,8 +112,8 @@ class SLAFunction(torch.autograd.Function):
         depth = y.shape[-1]
         grad = grad_y.to(y.dtype)
         grad_num = grad * scale
-        grad_den = -(grad_num * y).sum(dim=-1, keepdim=True)
-        grad_both = _scatter_rows(torch.cat([grad_num, grad_den], dim=-1), chunks, y.shape[1], depth + 1)
+        grad_den = -(grad_num * y).sum(dim=-1)
+        grad_both = _scatter_rows(grad_num, chunks, extra=grad_den)
         grad_q = _gather_rows(torch.matmul(grad_both, states.transpose(-1, -2)), chunks)
         grad_states = _window_states(torch.matmul(q_chunks.transpose(-1, -2), grad_both), chunks)  # [K,H,D,D+1]
         grad_k = _gather_rows(torch.matmul(v_chunks, grad_states.transpose(-1, -2)), chunks)
