@@ -4,4 +4,4 @@ from geoattn.models.roitr import RoITr, RoITrConfig, RoITrOutput
 from geoattn.models.largegt import LargeGT
 from geoattn.models.scatterformer import ScatterFormerBackbone, ScatterFormerOutput
 from geoattn.models.logonet import (LoGoNetHead, PointSet, assign_targets, canonical_targets, decode_residuals,
-                                    encode_residuals)
+                                    encode_residuals, sample_rois)
