@@ -471,7 +471,9 @@ class LearnableLogOptimalTransport(nn.Module):
         with torch.no_grad():
             self.alpha.fill_(1.0)
 
-    def forward(self, scores: Tensor, row_masks: Tensor | None = None, col_masks: Tensor | None = None) -> Tensor:
+    def forward(self, scores: Tensor, row_masks: Tensor | None = None, col_masks: Tensor | None = None,
+                num_iterations: int | None = None) -> Tensor:
+        """``num_iterations`` overrides the constructor's value (e.g. fewer iterations at inference)."""
         if scores.dim() != 3:
             raise ValueError(f"scores: expected a 3-D tensor [B, M, N], got shape {tuple(scores.shape)}")
         batch, rows, cols = scores.shape
@@ -501,7 +503,7 @@ class LearnableLogOptimalTransport(nn.Module):
 
         u = torch.zeros_like(log_mu)
         v = torch.zeros_like(log_nu)
-        for _ in range(self.num_iterations):
+        for _ in range(self.num_iterations if num_iterations is None else num_iterations):
             u = log_mu - torch.logsumexp(padded + v.unsqueeze(1), dim=2)
             v = log_nu - torch.logsumexp(padded + u.unsqueeze(2), dim=1)
         return padded + u.unsqueeze(2) + v.unsqueeze(1) - norm.view(batch, 1, 1)

@@ -47,7 +47,11 @@ class Correspondences(NamedTuple):
 
 
 def partition_points_to_nodes(points: Tensor, nodes: Tensor, point_limit: int = 64) -> Patches:
-    """Group ``points [N, 3]`` into patches around ``nodes [S, 3]`` (nearest-node assignment)."""
+    """Group ``points [N, 3]`` into patches around ``nodes [S, 3]`` (nearest-node assignment).
+
+    Each patch lists up to ``point_limit`` of its node's points, nearest first, padded with -1 at the end;
+    the width is the largest patch size (at most ``point_limit``).
+    """
     if points.size(0) == 0 or nodes.size(0) == 0:
         raise ValueError(
             f"points, nodes: expected non-empty clouds, got {points.size(0)} points and {nodes.size(0)} nodes"
@@ -59,6 +63,12 @@ def partition_points_to_nodes(points: Tensor, nodes: Tensor, point_limit: int = 
     index, _ = knn(points, nodes, min(point_limit, points.size(0)))
     owned = index >= 0
     owned &= point_to_node[index.clamp(min=0)] == torch.arange(nodes.size(0), device=points.device).unsqueeze(1)
+    # move each row's members to the front (nearest first) and drop all-padding columns: the optimal
+    # transport cost grows with the patch width
+    order = torch.sort((~owned).to(torch.uint8), dim=1, stable=True).indices
+    index, owned = index.gather(1, order), owned.gather(1, order)
+    width = max(int(owned.sum(1).max()), 1)
+    index, owned = index[:, :width], owned[:, :width]
     index = torch.where(owned, index, torch.full_like(index, -1))
     return Patches(index, owned, node_valid, point_to_node)
 

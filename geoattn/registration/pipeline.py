@@ -139,6 +139,7 @@ class RoITrRegistration:
         max_points: cap per cloud after downsampling.
         num_coarse: superpoint pairs kept by coarse matching; point_limit: points per patch.
         fine_topk / fine_threshold: mutual top-k and confidence threshold of the fine matching.
+        sinkhorn_iterations: optimal-transport iterations at inference (``None``: the model's own).
         estimator: ``"lgr"`` (local-to-global, default) or ``"ransac"``.
         acceptance_radius: inlier radius in model units (default: twice the model's voxel size).
         icp: refine with point-to-plane ICP on the input clouds (off by default).
@@ -147,7 +148,7 @@ class RoITrRegistration:
     def __init__(self, model: RoITr, voxel_size: float | None = None, max_points: int = 12000,
                  num_coarse: int = 256, point_limit: int = 64, fine_topk: int = 3, fine_threshold: float = 0.05,
                  estimator: str = "lgr", acceptance_radius: float | None = None, icp: bool = False,
-                 normal_k: int = 16, seed: int = 0):
+                 normal_k: int = 16, seed: int = 0, sinkhorn_iterations: int | None = None):
         if estimator not in ("lgr", "ransac"):
             raise ValueError(f"estimator: expected 'lgr' or 'ransac', got {estimator!r}")
         self.model = model.eval()
@@ -159,6 +160,7 @@ class RoITrRegistration:
         self.fine_topk, self.fine_threshold, self.estimator = fine_topk, fine_threshold, estimator
         self.acceptance_radius = acceptance_radius or 2.0 * model.config.voxel_size
         self.icp, self.normal_k, self.seed = icp, normal_k, seed
+        self.sinkhorn_iterations = sinkhorn_iterations
 
     @property
     def device(self) -> torch.device:
@@ -170,7 +172,7 @@ class RoITrRegistration:
         """Descriptors and correspondences of prepared clouds (model units)."""
         output = self.model(src_pos, src_normal, tgt_pos, tgt_normal)
         return output, match_output(self.model, output, self.num_coarse, self.point_limit, self.fine_topk,
-                                    self.fine_threshold)
+                                    self.fine_threshold, self.sinkhorn_iterations)
 
     def __call__(self, src: Tensor, tgt: Tensor) -> RegistrationResult:
         start = time.perf_counter()
@@ -206,7 +208,8 @@ class RoITrRegistration:
 
 
 def match_output(model: RoITr, output: RoITrOutput, num_coarse: int = 256, point_limit: int = 64,
-                 fine_topk: int = 3, fine_threshold: float = 0.05) -> Correspondences:
+                 fine_topk: int = 3, fine_threshold: float = 0.05,
+                 sinkhorn_iterations: int | None = None) -> Correspondences:
     """Coarse superpoint matching, patch optimal transport and mutual top-k on a model output."""
     src_patches = partition_points_to_nodes(output.src_points, output.src_nodes, point_limit)
     tgt_patches = partition_points_to_nodes(output.tgt_points, output.tgt_nodes, point_limit)
@@ -214,7 +217,7 @@ def match_output(model: RoITr, output: RoITrOutput, num_coarse: int = 256, point
                                                 src_patches.node_valid, tgt_patches.node_valid)
     src_patch, tgt_patch = src_patches.index[src_node], tgt_patches.index[tgt_node]
     scores = patch_scores(output.src_point_feats, output.tgt_point_feats, src_patch, tgt_patch)
-    log_assignment = model.optimal_transport(scores, src_patch >= 0, tgt_patch >= 0)
+    log_assignment = model.optimal_transport(scores, src_patch >= 0, tgt_patch >= 0, sinkhorn_iterations)
     return fine_correspondences(output.src_points, output.tgt_points, src_patch, tgt_patch, log_assignment,
                                 fine_topk, fine_threshold)
 
