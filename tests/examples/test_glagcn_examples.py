@@ -1,0 +1,92 @@
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
+    example = load_example("mocap_glagcn")
+    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
+              "--frame-stride", "20", "--json", "--quiet", "--checkpoint", str(tmp_path / "run.pt")]
+    assert example.main(["--epochs", "1"] + common) == 0
+    assert example.main(["--epochs", "2", "--resume"] + common) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("mpjpe_mm", "p_mpjpe_mm", "baseline_mpjpe_mm", "baseline_p_mpjpe_mm", "params", "baseline_params"):
+        assert key in result
+    assert result["epochs"] == 2 and result["receptive_field"] == 3
+    assert abs(result["baseline_params"] - result["params"]) / result["params"] < 0.05
+
+
+def test_mocap_example_reads_npy_and_bvh(real_data, tmp_path, capsys):
+    example = load_example("mocap_glagcn")
+    clip = real_data / "pose/cmu_131_01_h36m17.npy"
+    args = ["--train-npy", str(clip), "--eval-bvh", str(real_data / "pose/cmu_131_01_scaled.bvh"), "--split", "0.7",
+            "--epochs", "1", "--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
+            "--frame-stride", "30", "--json", "--quiet"]
+    assert example.main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["eval_frames"] == 415 - round(0.7 * 415)
+    with pytest.raises(FileNotFoundError):
+        example.main(["--train-npy", str(tmp_path / "missing.npy"), "--eval-npy", str(clip)])
+
+
+def write_fake_h36m(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    cameras, positions_3d, positions_2d = {}, {}, {}
+    for subject in ("S1", "S9"):
+        for index, camera_id in enumerate(("54138969", "55011271", "58860488", "60457274")):
+            cameras[(subject, camera_id)] = {"R": np.eye(3), "T": np.array([[0.1 * index], [0.0], [-5.0]]),
+                                             "f": np.full((2, 1), 1000.0), "c": np.full((2, 1), 500.0),
+                                             "k": np.zeros((3, 1)), "p": np.zeros((2, 1)), "w": 1000, "h": 1000}
+        positions_3d[subject], positions_2d[subject] = {}, {}
+        for action in ("Walking 1", "Eating"):
+            world = rng.normal(scale=0.3, size=(7, 32, 3)).astype(np.float32)
+            positions_3d[subject][action] = world
+            views = []
+            for index in range(4):
+                camera_frame = world[:, [0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27]] - \
+                    np.array([0.1 * index, 0.0, -5.0])
+                views.append((1000 * camera_frame[..., :2] / camera_frame[..., 2:] + 500).astype(np.float32))
+            positions_2d[subject][action] = views
+    np.savez_compressed(root / "data_3d_h36m.npz", positions_3d=np.array(positions_3d, dtype=object))
+    np.savez_compressed(root / "data_2d_h36m_gt.npz", positions_2d=np.array(positions_2d, dtype=object),
+                        metadata=np.array({"layout_name": "h36m", "num_joints": 17}, dtype=object))
+    with open(root / "cameras.pkl", "wb") as handle:
+        pickle.dump(cameras, handle)
+
+
+def test_h36m_example_on_fake_npz_files(tmp_path, capsys):
+    example = load_example("h36m_glagcn")
+    write_fake_h36m(tmp_path)
+    common = ["--root", str(tmp_path), "--keypoints", "gt", "--filter-widths", "3", "--channels", "8",
+              "--subjects-train", "S1", "--subjects-test", "S9", "--json", "--quiet"]
+    checkpoint = tmp_path / "glagcn.pt"
+    assert example.main(common + ["--epochs", "1", "--batch-size", "16", "--checkpoint", str(checkpoint)]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(trained["per_action"]) == {"Walking", "Eating"}
+    assert example.main(common + ["--evaluate", str(checkpoint)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.isclose(evaluated["p1_mm"], trained["p1_mm"])
+    with pytest.raises(SystemExit, match="datasets/h36m.md"):
+        example.main(["--root", str(tmp_path / "nothing")])
