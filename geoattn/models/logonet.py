@@ -29,7 +29,8 @@ from geoattn.nn.logonet import (CameraSetup, FeatureDynamicAggregation, GlobalFu
                                 reset_children, roi_grid_points)
 from geoattn.sparse.boxes import box_corners, boxes_iou3d, check_boxes, limit_angle, rotate_points_z
 
-__all__ = ["PointSet", "LoGoNetHead", "encode_residuals", "decode_residuals", "assign_targets", "canonical_targets"]
+__all__ = ["PointSet", "LoGoNetHead", "encode_residuals", "decode_residuals", "assign_targets", "canonical_targets",
+           "sample_rois"]
 
 
 @dataclass
@@ -87,6 +88,49 @@ def assign_targets(rois: Tensor, roi_batch: Tensor, gt_boxes: Tensor, gt_batch: 
         best, index = iou.max(dim=1)
         index = torch.where(best >= 0, index, torch.full_like(index, -1))
         return best.clamp(min=0), index
+
+
+def sample_rois(iou: Tensor, roi_batch: Tensor, per_image: int = 128, fg_ratio: float = 0.5,
+                fg_threshold: float = 0.55, hard_bg_range: tuple[float, float] = (0.1, 0.55),
+                hard_bg_ratio: float = 0.8, generator: torch.Generator | None = None) -> Tensor:
+    """Indices of a training subset of RoIs per batch element (OpenPCDet ``ProposalTargetLayer`` policy).
+
+    Up to ``fg_ratio * per_image`` foreground RoIs (IoU >= ``fg_threshold``), the rest background, of which a
+    ``hard_bg_ratio`` share comes from ``hard_bg_range`` (IoU in ``[lo, hi)``) and the remainder from below
+    ``lo``. Sampling is without replacement, so an element with few RoIs yields fewer than ``per_image``.
+
+    Args:
+        iou: ``[R]`` max IoU of each RoI with the ground truth (:func:`assign_targets`).
+        roi_batch: ``[R]`` long.
+
+    Returns:
+        ``[S]`` long indices into the RoIs, grouped by batch element.
+    """
+    if iou.shape != roi_batch.shape:
+        raise ValueError(f"iou, roi_batch: expected equal shapes, got {tuple(iou.shape)} and {tuple(roi_batch.shape)}")
+
+    def pick(candidates: Tensor, count: int) -> Tensor:
+        count = min(count, candidates.numel())
+        order = torch.randperm(candidates.numel(), generator=generator)[:count].to(candidates.device)
+        return candidates[order]
+
+    chosen = []
+    for batch_id in torch.unique(roi_batch).tolist():
+        members = roi_batch == batch_id
+        foreground = (members & (iou >= fg_threshold)).nonzero().flatten()
+        hard = (members & (iou >= hard_bg_range[0]) & (iou < hard_bg_range[1])).nonzero().flatten()
+        easy = (members & (iou < hard_bg_range[0])).nonzero().flatten()
+        fg = pick(foreground, int(round(fg_ratio * per_image)))
+        background = per_image - fg.numel()
+        hard_bg = pick(hard, int(round(hard_bg_ratio * background)))
+        easy_bg = pick(easy, background - hard_bg.numel())
+        if hard_bg.numel() + easy_bg.numel() < background:  # not enough easy ones: top up with hard
+            rest = hard[~torch.isin(hard, hard_bg)]
+            hard_bg = torch.cat([hard_bg, pick(rest, background - hard_bg.numel() - easy_bg.numel())])
+        chosen.append(torch.cat([fg, hard_bg, easy_bg]))
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long, device=iou.device)
+    return torch.cat(chosen)
 
 
 def _corner_loss(pred: Tensor, target: Tensor, delta: float = 1.0) -> Tensor:

@@ -100,6 +100,25 @@ class CameraSetup:
         if len(self.input_hw) != 2:
             raise ValueError(f"input_hw: expected (H, W), got {self.input_hw!r}")
 
+    @classmethod
+    def from_intrinsics(cls, intrinsics: Tensor, lidar2cam: Tensor, camera_batch: Tensor, image_hw,
+                        input_hw: tuple[int, int], **kwargs) -> "CameraSetup":
+        """Cameras given per-camera pinhole intrinsics ``K [V, 3, 3]`` and extrinsics ``lidar2cam [V, 4, 4]``
+        (Waymo/nuScenes style); ``lidar2img = [K 0; 0 1] @ lidar2cam``.
+
+        ``lidar2cam`` must map into an OpenCV camera frame (x right, y down, z forward). Waymo's raw
+        extrinsics are camera -> vehicle with the camera x axis forward: invert them and permute the axes
+        (``x_cv = -y, y_cv = -z, z_cv = x``) first, as mmdetection3d's Waymo converter does.
+        """
+        if intrinsics.dim() != 3 or intrinsics.shape[1:] != (3, 3):
+            raise ValueError(f"intrinsics: expected a tensor [V, 3, 3], got shape {tuple(intrinsics.shape)}")
+        if lidar2cam.shape != (intrinsics.shape[0], 4, 4):
+            raise ValueError(f"lidar2cam: expected a tensor [{intrinsics.shape[0]}, 4, 4], "
+                             f"got shape {tuple(lidar2cam.shape)}")
+        camera = torch.eye(4, dtype=torch.float64).repeat(intrinsics.shape[0], 1, 1)
+        camera[:, :3, :3] = intrinsics.to(torch.float64)
+        return cls(camera @ lidar2cam.to(torch.float64), camera_batch, image_hw, input_hw, **kwargs)
+
 
 @dataclass
 class CameraProjection:

@@ -187,3 +187,23 @@ def test_head_overfits_one_frame_kitti_config(real_data):
         optimiser.step()
         totals.append(losses["total"].item())
     assert totals[-1] < 0.75 * totals[0]
+
+
+def test_sample_rois_policy():
+    from geoattn.models.logonet import sample_rois
+
+    generator = torch.Generator().manual_seed(0)
+    iou = torch.cat([torch.full((50,), 0.8), torch.full((100,), 0.3), torch.full((100,), 0.05),
+                     torch.full((10,), 0.9)])
+    roi_batch = torch.cat([torch.zeros(250, dtype=torch.long), torch.ones(10, dtype=torch.long)])
+    index = sample_rois(iou, roi_batch, per_image=64, generator=generator)
+    first = index[roi_batch[index] == 0]
+    assert first.numel() == 64 and first.unique().numel() == 64
+    assert (iou[first] >= 0.55).sum() == 32
+    hard = ((iou[first] >= 0.1) & (iou[first] < 0.55)).sum()
+    assert hard == round(0.8 * 32)
+    second = index[roi_batch[index] == 1]
+    assert second.numel() == 10  # only 10 RoIs there, all foreground
+    assert sample_rois(iou[:0], roi_batch[:0]).numel() == 0
+    with pytest.raises(ValueError, match="iou, roi_batch"):
+        sample_rois(iou, roi_batch[:3])

@@ -400,3 +400,17 @@ def test_fusion_gradcheck_float64_full():
               reference.requires_grad_())
     assert torch.autograd.gradcheck(lambda p, a, b, r: module(p, [a, b], point_index, image_index, r), inputs,
                                     eps=1e-6, atol=1e-6)
+
+
+def test_camera_setup_from_intrinsics(frame8):
+    cam2img = frame8.extra["cam2img"]["CAM2"]
+    # KITTI's P2 has a translation column; fold it into the extrinsic to get a pure pinhole K
+    intrinsics = cam2img[:3, :3]
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[:3, 3] = torch.linalg.solve(intrinsics, cam2img[:3, 3])
+    lidar2cam = shift @ frame8.lidar2cam
+    cameras = CameraSetup.from_intrinsics(intrinsics[None], lidar2cam[None], torch.zeros(1, dtype=torch.long),
+                                          frame8.image_hw, frame8.image_hw)
+    assert torch.allclose(cameras.lidar2img[0], frame8.lidar2img["CAM2"], atol=1e-9)
+    with pytest.raises(ValueError, match="intrinsics"):
+        CameraSetup.from_intrinsics(intrinsics, lidar2cam[None], torch.zeros(1, dtype=torch.long), (1, 1), (1, 1))
