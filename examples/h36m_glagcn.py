@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     root = args.root
-    paths = [root / "data_3d_h36m.npz", root / f"data_2d_h36m_{args.keypoints}.npz", args.cameras or root / "cameras.pkl"]
+    paths = [root / "data_3d_h36m.npz", root / f"data_2d_h36m_{args.keypoints}.npz",
+             args.cameras or root / "cameras.pkl"]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"error: missing {', '.join(missing)}; see datasets/h36m.md for how to prepare Human3.6M")

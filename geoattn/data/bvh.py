@@ -10,7 +10,7 @@ world position is ``parent_position + parent_rotation @ (offset + translation ch
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

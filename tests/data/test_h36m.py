@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoattn.data.h36m import (H36M_32_TO_17, Camera, ChunkedWindows, camera_to_world, centre_on_root,
-                               flip_pose, group_by_action, uncentre_from_root, image_coordinates, load_mmpose_cameras, load_positions_2d,
-                               load_positions_3d, normalize_screen_coordinates, project_to_pixels, root_relative,
-                               world_to_camera)
+                               flip_pose, group_by_action, image_coordinates, load_mmpose_cameras,
+                               load_positions_2d, load_positions_3d, normalize_screen_coordinates,
+                               project_to_pixels, root_relative, uncentre_from_root, world_to_camera)
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT, H36M_PARENTS
 
 
