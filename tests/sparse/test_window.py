@@ -88,6 +88,9 @@ def test_chunk_table(chunk_size):
         assert int(chunks.start[chunk]) + int(chunks.row_position[row]) == row
     assert int(chunks.offsets[-1]) == len(expected)
     assert chunks.max_chunks == max(-(-int(c) // chunk_size) for c in index.counts)
+    pad_chunk, pad_position = chunks.padding
+    expected_padding = [(c, p) for c, (_, _, n) in enumerate(expected) for p in range(n, chunk_size)]
+    assert list(zip(pad_chunk.tolist(), pad_position.tolist())) == expected_padding
 
 
 def test_length_buckets_cover_every_row_once():

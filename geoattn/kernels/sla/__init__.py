@@ -10,7 +10,8 @@ One function, three implementations with the same autograd semantics:
 
 * ``triton`` (:mod:`.triton`): chunk-wise kernels, chosen for CUDA tensors when Triton is importable;
 * ``cpu`` (:mod:`.cpu`): chunked batched matmuls with a hand-written backward; plain torch, chosen for CPU
-  tensors and for any device without Triton (and for float64, which the kernels do not take);
+  tensors and for any device without Triton (and for float64 or head widths above 128, which the kernels do not
+  take);
 * ``naive`` (:mod:`.naive`): a Python loop over windows, the reference for tests.
 
 ``GEOATTN_BACKEND=naive|cpu|triton`` or the ``backend`` argument forces a path.
@@ -39,7 +40,8 @@ def select_backend(q: Tensor, backend: str | None = None) -> str:
         if choice == "triton" and backends.triton() is None:
             raise RuntimeError("backend: 'triton' was requested but triton is not importable")
         return choice
-    if q.is_cuda and backends.triton() is not None and q.dtype != torch.float64:
+    # the kernels keep a [D, D] float32 state per program: head widths above 128 go to the torch path
+    if q.is_cuda and backends.triton() is not None and q.dtype != torch.float64 and q.shape[-1] <= 128:
         return "triton"
     return "cpu"
 

@@ -248,6 +248,10 @@ class SLATritonFunction(torch.autograd.Function):
 def sla_triton(q: Tensor, k: Tensor, v: Tensor, window: WindowIndex, eps: float = 1e-6,
                block_rows: int = BLOCK_ROWS) -> Tensor:
     """``q, k, v [N, H, D]`` (float32/float16/bfloat16, last dim contiguous) sorted by window -> ``y [N, H, D]``."""
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"q: expected float32, float16 or bfloat16 for the Triton kernels, got {q.dtype}")
+    if q.shape[-1] > 128:
+        raise ValueError(f"q: expected a head width D <= 128 for the Triton kernels, got {q.shape[-1]}")
     if q.shape[0] == 0:
         return (q + k + v) * 0
     if block_rows % CHUNK_ROWS != 0:
