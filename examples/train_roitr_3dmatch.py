@@ -115,9 +115,17 @@ def main(argv=None) -> int:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, elapsed = state["step"], state.get("elapsed", 0.0)
-    trainable = model
-    if distributed:
-        trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    def average_gradients() -> None:
+        # Data parallelism by explicit all-reduce: the transport layer is used by the loss outside the
+        # network's forward, which DistributedDataParallel's per-forward bookkeeping does not allow.
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for param, grad in zip(model.parameters(), grads):
+            param.grad = flat[offset:offset + grad.numel()].view_as(param).clone()
+            offset += grad.numel()
 
     if args.root is not None:
         if not args.root.is_dir():
@@ -167,11 +175,13 @@ def main(argv=None) -> int:
         seed = args.seed + step
         src_pos, src_normal = prepare_cloud(src.to(device), voxel, 1.0, args.max_points, seed=seed)
         tgt_pos, tgt_normal = prepare_cloud(tgt.to(device), voxel, 1.0, args.max_points, seed=seed + 1)
-        output = trainable(src_pos, src_normal, tgt_pos, tgt_normal)
+        output = model(src_pos, src_normal, tgt_pos, tgt_normal)
         losses = roitr_training_loss(model, output, transform.to(device), max_patch_pairs=args.patch_pairs,
                                      generator=generator)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        if distributed:
+            average_gradients()
         optimizer.step()
         scheduler.step()
         step += 1
