@@ -316,16 +316,18 @@ def _group_with_spconv(pos, voxel_size, point_range, spatial_shape):
         _spconv_generators[config] = generator
     _, cells_zyx, _, point_voxel = generator.generate_voxel_with_id(pos.contiguous(), clear_voxels=False)
     num_voxels = cells_zyx.shape[0]
-    cells = cells_zyx.long()  # a copy: the generator reuses its buffers on the next call
+    # int32 keys (the grid has < 2**27 cells here) sort faster; the int32 cast also copies the generator's buffer
+    cells = cells_zyx.int()
     key = (cells[:, 0] * y_size + cells[:, 1]) * x_size + cells[:, 2]
     unique_key, order = torch.sort(key)
-    rank = torch.empty_like(order)
+    # rank of each spconv voxel in sorted order, plus a spare last entry that outside points (id -1) gather
+    rank = torch.empty(num_voxels + 1, dtype=torch.long)
     rank[order] = torch.arange(num_voxels)
+    rank[num_voxels] = num_voxels
+    inverse = rank.index_select(0, point_voxel.remainder(num_voxels + 1))  # -1 -> V (floor modulo)
     inside = point_voxel >= 0
-    # rank gets a spare last entry so that outside points (id -1) gather the spare group V
-    rank = torch.cat([rank, rank.new_full((1,), num_voxels)])
-    inverse = rank[point_voxel]
     counts = torch.bincount(inverse, minlength=num_voxels + 1)[:num_voxels]
+    unique_key = unique_key.long()
     return unique_key, inverse, counts, inside
 
 
