@@ -132,13 +132,13 @@ def ogb_evaluator(name: str):
 
 def write_synthetic_ogb_node_dataset(root: str | os.PathLike, name: str = "ogbn-synthetic", *,
                                      num_nodes: int = 2000, num_features: int = 32, num_classes: int = 5,
-                                     avg_degree: float = 8.0, homophily: float = 0.8,
+                                     avg_degree: float = 8.0, homophily: float = 0.8, signal: float = 0.3,
                                      seed: int = 0) -> Path:
     """Write a small OGB-format node-classification data set with ``ogb.io.DatasetSaver``.
 
     Nodes get a class uniformly at random; each directed edge ends in the source's class with probability
-    ``homophily`` (else a random node); features are a class mean plus unit Gaussian noise, so a GNN can
-    beat an MLP. The split is random 60/20/20. The result loads with :func:`load_ogb_node_dataset`.
+    ``homophily`` (else a random node); features are ``signal`` times a random class mean plus unit
+    Gaussian noise, so single nodes are ambiguous and a GNN beats an MLP. The split is random 60/20/20. The result loads with :func:`load_ogb_node_dataset`.
 
     Args:
         root: a folder that must not exist yet or be empty; it is created.
@@ -148,8 +148,6 @@ def write_synthetic_ogb_node_dataset(root: str | os.PathLike, name: str = "ogbn-
         ``root`` as a Path (it holds ``meta_dict.pt`` and the dataset folder).
     """
     _require_ogb()
-    from ogb.io import DatasetSaver
-
     if not isinstance(name, str) or not name.startswith("ogbn-") or len(name) <= 5:
         raise ValueError(f"name: expected 'ogbn-<name>', got {name!r}")
     for arg, value, low in (("num_nodes", num_nodes, 2), ("num_features", num_features, 1),
@@ -176,11 +174,27 @@ def write_synthetic_ogb_node_dataset(root: str | os.PathLike, name: str = "ogbn-
     keep = source != target
     edge_index = np.stack([source[keep], target[keep]]).astype(np.int64)
     class_means = rng.standard_normal((num_classes, num_features))
-    features = (class_means[labels] + rng.standard_normal((num_nodes, num_features))).astype(np.float32)
+    features = (signal * class_means[labels] + rng.standard_normal((num_nodes, num_features))).astype(np.float32)
 
     # DatasetSaver asks on stdin when its folder exists and writes '<root>_<prefix>_<suffix>', so it is
     # pointed at '<root>/saver' and the result is moved up into root.
     saver_root = root / "saver"
+    with contextlib.redirect_stdout(io.StringIO()):  # DatasetSaver narrates every step
+        meta = _save_with_ogb(saver_root, name, edge_index, num_nodes, features, labels, num_classes, rng, root)
+    dataset_dir = Path(meta["dir_path"])
+    submission_dir = Path(meta["dir_path"]).parent
+    os.replace(dataset_dir, root / dataset_dir.name)
+    os.replace(submission_dir / "meta_dict.pt", root / "meta_dict.pt")
+    for leftover in (submission_dir, root / "mapping"):
+        for path in sorted(leftover.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        leftover.rmdir()
+    return root
+
+
+def _save_with_ogb(saver_root, name, edge_index, num_nodes, features, labels, num_classes, rng, root) -> dict:
+    from ogb.io import DatasetSaver
+
     saver = DatasetSaver(name, is_hetero=False, version=1, root=str(saver_root))
     saver.save_graph_list([{"edge_index": edge_index, "num_nodes": num_nodes, "node_feat": features,
                             "edge_feat": None}])
@@ -195,12 +209,4 @@ def write_synthetic_ogb_node_dataset(root: str | os.PathLike, name: str = "ogbn-
     (mapping_dir / "README.md").write_text("Synthetic data set: node i is node i; no external ids.\n")
     saver.copy_mapping_dir(str(mapping_dir))
     saver.save_task_info(task_type="multiclass classification", eval_metric="acc", num_classes=num_classes)
-    meta = saver.get_meta_dict()
-    dataset_dir = Path(meta["dir_path"])
-    os.replace(dataset_dir, root / dataset_dir.name)
-    os.replace(osp.join(saver.submission_dir, "meta_dict.pt"), root / "meta_dict.pt")
-    for leftover in (Path(saver.submission_dir), mapping_dir):
-        for path in sorted(leftover.rglob("*"), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        leftover.rmdir()
-    return root
+    return saver.get_meta_dict()

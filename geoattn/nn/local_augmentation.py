@@ -293,6 +293,9 @@ class LocalAugmenter(nn.Module):
         handle, temporary = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name,
                                              suffix=".tmp")
         os.close(handle)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         try:
             torch.save(payload, temporary)
             os.replace(temporary, path)

@@ -136,3 +136,33 @@ def test_bad_arguments():
         LAGAT(NUM_FEATURES, 4, NUM_CLASSES, heads=0)
     with pytest.raises(ValueError, match="num_generated"):
         LAGCNII(NUM_FEATURES, 4, NUM_CLASSES, num_generated=-1)
+
+
+def test_input_dropout_dense_and_sparse():
+    from geoattn.models.lagnn import input_dropout
+
+    x = torch.rand(300, 40) + 0.5
+    assert input_dropout(x, 0.5, training=False) is x and input_dropout(x, 0.0, training=True) is x
+    dropped = input_dropout(x, 0.5, training=True)
+    kept = dropped != 0
+    assert 0.4 < kept.float().mean() < 0.6
+    torch.testing.assert_close(dropped[kept], 2 * x[kept])
+    sparse = (torch.rand(50, 30) < 0.2).float().to_sparse()
+    dropped_sparse = input_dropout(sparse, 0.25, training=True)
+    assert dropped_sparse.is_sparse
+    dense_result, original = dropped_sparse.to_dense(), sparse.to_dense()
+    survivors = dense_result != 0
+    assert (original[survivors] != 0).all()
+    torch.testing.assert_close(dense_result[survivors], original[survivors] / 0.75)
+
+
+def test_sparse_features_give_the_same_output():
+    x, edge_index = _graph()
+    x = (x > 0.6).float()
+    for model in (LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1),
+                  LAGAT(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1, heads=2)):
+        model.eval()
+        x_hat = torch.rand_like(x)
+        torch.testing.assert_close(model(x.to_sparse(), edge_index, [x_hat]), model(x, edge_index, [x_hat]))
+        model.train()
+        model(x.to_sparse(), edge_index, [x_hat]).sum().backward()
