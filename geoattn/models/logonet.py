@@ -250,7 +250,7 @@ class LoGoNetHead(nn.Module):
         score_target = ((iou - low) / (high - low)).clamp(0, 1)
         score_loss = F.binary_cross_entropy_with_logits(outputs["scores"], score_target.to(outputs["scores"].dtype))
         foreground = (iou > fg_threshold) & (matched >= 0)
-        zero = outputs["residuals"].sum() * 0.0
+        zero = outputs["residuals"].abs().sum() * 0.0  # keeps the graph, exactly +0
         if foreground.any():
             fg_rois = rois[foreground].detach()
             targets = canonical_targets(gt_boxes[matched[foreground]].to(rois.dtype), fg_rois)

@@ -103,20 +103,23 @@ class CameraSetup:
     @classmethod
     def from_intrinsics(cls, intrinsics: Tensor, lidar2cam: Tensor, camera_batch: Tensor, image_hw,
                         input_hw: tuple[int, int], **kwargs) -> "CameraSetup":
-        """Cameras given per-camera pinhole intrinsics ``K [V, 3, 3]`` and extrinsics ``lidar2cam [V, 4, 4]``
-        (Waymo/nuScenes style); ``lidar2img = [K 0; 0 1] @ lidar2cam``.
+        """Cameras given per-camera intrinsics ``K [V, 3, 3]`` (or ``[V, 3, 4]`` / ``[V, 4, 4]`` projection
+        matrices such as KITTI's ``P2`` or mmdet3d's ``cam2img``) and extrinsics ``lidar2cam [V, 4, 4]``
+        (Waymo/nuScenes style); ``lidar2img = K_4x4 @ lidar2cam``.
 
         ``lidar2cam`` must map into an OpenCV camera frame (x right, y down, z forward). Waymo's raw
         extrinsics are camera -> vehicle with the camera x axis forward: invert them and permute the axes
         (``x_cv = -y, y_cv = -z, z_cv = x``) first, as mmdetection3d's Waymo converter does.
         """
-        if intrinsics.dim() != 3 or intrinsics.shape[1:] != (3, 3):
-            raise ValueError(f"intrinsics: expected a tensor [V, 3, 3], got shape {tuple(intrinsics.shape)}")
+        if intrinsics.dim() != 3 or intrinsics.shape[1:] not in ((3, 3), (3, 4), (4, 4)):
+            raise ValueError(f"intrinsics: expected a tensor [V, 3, 3], [V, 3, 4] or [V, 4, 4], "
+                             f"got shape {tuple(intrinsics.shape)}")
         if lidar2cam.shape != (intrinsics.shape[0], 4, 4):
             raise ValueError(f"lidar2cam: expected a tensor [{intrinsics.shape[0]}, 4, 4], "
                              f"got shape {tuple(lidar2cam.shape)}")
         camera = torch.eye(4, dtype=torch.float64).repeat(intrinsics.shape[0], 1, 1)
-        camera[:, :3, :3] = intrinsics.to(torch.float64)
+        rows, cols = intrinsics.shape[1:]
+        camera[:, :rows, :cols] = intrinsics.to(torch.float64)
         return cls(camera @ lidar2cam.to(torch.float64), camera_batch, image_hw, input_hw, **kwargs)
 
 

@@ -7,7 +7,7 @@ import torch
 from geoattn.data.kitti import load_mmdet3d_frame
 from geoattn.nn.logonet import (CameraSetup, FeatureDynamicAggregation, GlobalFusion, LocalFusion, PointImageFusion,
                                 RoIGridPool, project_to_cameras, roi_grid_points, voxel_centroids)
-from geoattn.sparse.boxes import points_in_boxes
+from geoattn.sparse.boxes import box_corners, points_in_boxes
 from geoattn.sparse.geometry import LidarAugmentation
 from geoattn.sparse.voxel import voxelize
 
@@ -413,4 +413,37 @@ def test_camera_setup_from_intrinsics(frame8):
                                           frame8.image_hw, frame8.image_hw)
     assert torch.allclose(cameras.lidar2img[0], frame8.lidar2img["CAM2"], atol=1e-9)
     with pytest.raises(ValueError, match="intrinsics"):
-        CameraSetup.from_intrinsics(intrinsics, lidar2cam[None], torch.zeros(1, dtype=torch.long), (1, 1), (1, 1))
+        CameraSetup.from_intrinsics(intrinsics[None, :2], lidar2cam[None], torch.zeros(1, dtype=torch.long), (1, 1),
+                                    (1, 1))
+    with pytest.raises(ValueError, match="lidar2cam"):
+        CameraSetup.from_intrinsics(intrinsics[None], lidar2cam, torch.zeros(1, dtype=torch.long), (1, 1), (1, 1))
+
+
+def test_waymo_style_cameras_from_intrinsics(real_data):
+    from geoattn.data.kitti import load_info_pickle, read_velodyne
+
+    root = real_data / "lidar" / "snippets" / "waymo" / "kitti_format"
+    entry = load_info_pickle(root / "waymo_infos_train.pkl")["data_list"][0]
+    camera = entry["images"]["CAM_FRONT"]
+    intrinsics = torch.tensor(camera["cam2img"], dtype=torch.float64)[None]
+    lidar2cam = torch.tensor(camera["lidar2cam"], dtype=torch.float64)[None]
+    hw = (int(camera["height"]), int(camera["width"]))
+    cameras = CameraSetup.from_intrinsics(intrinsics, lidar2cam, torch.zeros(1, dtype=torch.long), hw, hw,
+                                          image_scale=0.5)
+    stored = torch.tensor(camera["lidar2img"], dtype=torch.float64)
+    assert torch.allclose(cameras.lidar2img[0, :3], stored, atol=1e-3)
+    # the snippet cloud is a side crop that misses CAM_FRONT: project the labelled box's corners instead
+    assert read_velodyne(root / "training" / "velodyne" / "0000000.bin", 6).shape == (800, 6)
+    instance = entry["instances"][0]
+    box = torch.tensor(instance["bbox_3d"], dtype=torch.float64)[None]
+    box[:, 2] += box[:, 5] / 2  # mmdet3d LiDAR boxes store the bottom centre
+    corners = box_corners(box)[0]
+    projection = project_to_cameras(corners, cameras)
+    assert projection.point_index.numel() == 8
+    expected = _numpy_projection(corners.numpy(), torch.cat([stored, torch.tensor([[0, 0, 0, 1.0]])]).numpy())
+    assert np.abs(projection.uv.numpy() - 0.5 * expected).max() < 1e-3
+    # the projected corners span the labelled 2D box (the label is the tight box of the visible object)
+    left, top, right, bottom = (0.5 * torch.tensor(instance["bbox"], dtype=torch.float64)).tolist()
+    u_min, v_min = projection.uv.min(0).values.tolist()
+    u_max, v_max = projection.uv.max(0).values.tolist()
+    assert abs(u_min - left) < 15 and abs(u_max - right) < 15 and abs(v_min - top) < 15 and abs(v_max - bottom) < 15
