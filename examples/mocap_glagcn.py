@@ -33,7 +33,8 @@ from geoattn.data.bvh import load_bvh_h36m17
 from geoattn.data.h36m import ChunkedWindows, centre_on_root
 from geoattn.models import GLAGCN, TemporalConvLifter
 from geoattn.pose.cameras import render_pairs, virtual_cameras
-from geoattn.pose.training import bn_momentum, pose_metrics, predict, set_bn_momentum, train_epoch
+from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
+                                   train_epoch)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-recalibrate-bn", dest="recalibrate_bn", action="store_false",
+                        help="evaluate with the training-time running BN statistics (default: re-estimate them "
+                             "on the training windows for the final weights, for both models)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also log evaluation MPJPE every N epochs (monitoring only; the last epoch is reported)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file written after every epoch")
@@ -220,6 +224,8 @@ def main(argv=None) -> int:
 
     results = {}
     for name, model in models.items():
+        if args.recalibrate_bn:
+            recalibrate_batch_norm(model, train_windows, batch_size=256, device=args.device)
         results[name] = pose_metrics(predict(model, eval_windows, device=args.device), eval_targets)
     summary = {
         "mpjpe_mm": results["glagcn"]["mpjpe"],
@@ -234,6 +240,7 @@ def main(argv=None) -> int:
         "baseline_channels": baseline_channels,
         "receptive_field": frames,
         "centre_2d": args.centre_2d,
+        "recalibrate_bn": args.recalibrate_bn,
         "epochs": args.epochs,
         "train_windows": len(train_windows),
         "eval_frames": eval_windows.num_frames,

@@ -16,7 +16,7 @@ from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
 from geoattn.pose.metrics import mpjpe, n_mpjpe, p_mpjpe
 
-__all__ = ["set_bn_momentum", "bn_momentum", "train_epoch", "predict", "pose_metrics"]
+__all__ = ["set_bn_momentum", "bn_momentum", "recalibrate_batch_norm", "train_epoch", "predict", "pose_metrics"]
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
@@ -31,6 +31,35 @@ def bn_momentum(epoch: int, epochs: int, initial: float = 0.1, final: float = 0.
     if epochs <= 1:
         return initial
     return initial * math.exp(epoch / (epochs - 1) * math.log(final / initial))
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, windows: ChunkedWindows, batch_size: int = 1024,
+                           device: torch.device | str = "cpu", max_items: int | None = None,
+                           rng: np.random.Generator | None = None) -> None:
+    """Re-estimate every batch-norm layer's running statistics for the current weights.
+
+    With few optimisation steps and VideoPose3D's decaying momentum, the running averages lag behind the
+    weights, so eval-mode outputs drift from train-mode ones. This pass resets them and accumulates exact
+    averages (``momentum=None``) over ``windows`` (or ``max_items`` random ones) with dropout off; the
+    weights are untouched. The model is left in eval mode with its previous momenta.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    order = np.arange(len(windows))
+    if max_items is not None and max_items < len(order):
+        order = (rng or np.random.default_rng(0)).choice(order, max_items, replace=False)
+    for begin in range(0, len(order), batch_size):
+        inputs, _ = windows.get(order[begin:begin + batch_size])
+        model(inputs.to(device))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
 
 
 def train_epoch(model: nn.Module, windows: ChunkedWindows, optimizer: torch.optim.Optimizer, batch_size: int,

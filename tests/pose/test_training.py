@@ -4,7 +4,8 @@ import torch
 
 from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.models import GLAGCN
-from geoattn.pose.training import bn_momentum, pose_metrics, predict, set_bn_momentum, train_epoch
+from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
+                                    train_epoch)
 
 
 @pytest.fixture(autouse=True)
@@ -52,3 +53,16 @@ def test_train_epoch_reduces_the_loss():
     metrics = pose_metrics(predict(model, ChunkedWindows([poses_3d[..., :2]], [poses_3d], 3)),
                            torch.from_numpy(poses_3d))
     assert set(metrics) == {"mpjpe", "p_mpjpe", "n_mpjpe"}
+
+
+def test_recalibrate_batch_norm_matches_exact_statistics():
+    rng = np.random.default_rng(0)
+    poses = rng.normal(size=(10, 17, 2)).astype(np.float32)
+    windows = ChunkedWindows([poses], None, receptive_field=3)
+    model = GLAGCN(channels=8, filter_widths=(3,))
+    set_bn_momentum(model, 0.3)
+    recalibrate_batch_norm(model, windows, batch_size=5)  # equal batches: the average of batch means is exact
+    inputs, _ = windows.get(np.arange(10))
+    flat = inputs.reshape(10, 3, 34).transpose(1, 2)
+    assert torch.allclose(model.input_norm.running_mean, flat.mean((0, 2)), atol=1e-5)
+    assert model.input_norm.momentum == 0.3 and not model.training
