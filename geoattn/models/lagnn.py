@@ -63,7 +63,9 @@ def input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
         keep = torch.rand_like(values) >= p
         return torch.sparse_coo_tensor(x.indices(), values * keep / (1.0 - p), x.shape, is_coalesced=True,
                                        check_invariants=False)
-    return x * ((torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p))
+    scale = torch.rand_like(x)
+    scale.ge_(p).mul_(1.0 / (1.0 - p))  # in place: the mask becomes the scale, no extra full-size buffers
+    return x * scale
 
 
 def _check_inputs(x: Tensor, edge_index: Tensor, in_channels: int) -> None:
