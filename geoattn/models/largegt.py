@@ -2,6 +2,7 @@ r"""LargeGT: local token-set attention + codebook global attention for node clas
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoattn.nn.largegt import CodebookGlobalAttention, LargeGTLocalAttention
@@ -42,7 +43,8 @@ class LargeGT(nn.Module):
         heads, head_channels: attention heads and per-head width (default ``h``, as in the official code).
         global_channels, pos_channels, num_centroids: codebook sizes (official 64, 64 (node2vec), 4096).
         dropout: feed-forward dropout (0.5); local_dropout: local attention dropout (0.3);
-        attn_dropout: attention-weight dropout (0).
+        attn_dropout: attention-weight dropout (0); input_dropout: dropout on the input features of every
+        token and of ``x`` (0 as in the official code; useful on small labelled sets such as Planetoid).
 
     Forward:
         ``tokens [B, 3K, F]`` (may be ``None`` in ``'global'`` mode), ``x [B, F]`` (default ``tokens[:, 0]``,
@@ -53,7 +55,7 @@ class LargeGT(nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_nodes: int | None = None,
                  mode: str = "full", heads: int = 2, head_channels: int | None = None, global_channels: int = 64,
                  pos_channels: int = 0, num_centroids: int = 4096, dropout: float = 0.5, local_dropout: float = 0.3,
-                 attn_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, input_dropout: float = 0.0):
         super().__init__()
         if mode not in _MODES:
             raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
@@ -62,6 +64,7 @@ class LargeGT(nn.Module):
         self.in_channels, self.hidden_channels, self.out_channels = in_channels, hidden_channels, out_channels
         self.mode = mode
         self.dropout = dropout
+        self.input_dropout = input_dropout
         h = hidden_channels
         self.fc_in = self.local = self.token_encoder = self.global_attention = None
         width = 0
@@ -99,9 +102,9 @@ class LargeGT(nn.Module):
                              f"got shape {tuple(tokens.shape)}")
         branches = []
         if self.local is not None:
-            branches.append(self.local(self.token_encoder(tokens)))
+            branches.append(self.local(self.token_encoder(F.dropout(tokens, self.input_dropout, self.training))))
         if self.global_attention is not None:
-            target = self.fc_in(tokens[:, 0] if x is None else x)
+            target = self.fc_in(F.dropout(tokens[:, 0] if x is None else x, self.input_dropout, self.training))
             branches.append(self.global_attention(target, node_index, pos_enc))
         return self.head(branches[0] if len(branches) == 1 else torch.cat(branches, dim=-1))
 

@@ -308,7 +308,7 @@ class NormalizedAdjacency:
             self.graph = CSRGraph(self.graph.rowptr.to(device), self.graph.col.to(device), self.num_nodes)
         values = x if x.dtype == self.dtype else x.to(self.dtype)
         out = torch.sparse.mm(self._rows_matrix(start, end), values)
-        out = out + self.self_weight[start:end, None] * values[start:end]
+        out = out.addcmul_(self.self_weight[start:end, None], values[start:end])  # in place: no N x F temporaries
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
 

@@ -46,3 +46,15 @@ def test_bad_arguments():
         model(torch.randn(2, 3, 9))
     with pytest.raises(ValueError, match="tokens: required"):
         model(None, x=torch.randn(2, 10))
+
+
+def test_input_dropout_only_in_training():
+    model = LargeGT(10, 16, 3, num_nodes=30, num_centroids=8, global_channels=8, input_dropout=0.9)
+    tokens = torch.randn(4, 6, 10)
+    model.eval()
+    assert torch.equal(model(tokens), model(tokens))
+    model.train()
+    torch.manual_seed(1)
+    first = model(tokens, node_index=torch.arange(4))
+    torch.manual_seed(2)
+    assert not torch.allclose(first, model(tokens, node_index=torch.arange(4)))
