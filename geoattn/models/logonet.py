@@ -256,7 +256,8 @@ class LoGoNetHead(nn.Module):
             targets = canonical_targets(gt_boxes[matched[foreground]].to(rois.dtype), fg_rois)
             residual_loss = F.smooth_l1_loss(outputs["residuals"][foreground], targets, beta=1.0 / 9.0,
                                              reduction="none").sum(dim=1).mean()
-            corner_loss = _corner_loss(outputs["boxes"][foreground], gt_boxes[matched[foreground]].to(rois.dtype)).mean()
+            matched_boxes = gt_boxes[matched[foreground]].to(rois.dtype)
+            corner_loss = _corner_loss(outputs["boxes"][foreground], matched_boxes).mean()
         else:
             residual_loss, corner_loss = zero, zero
         weights = self.loss_weights

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from geoattn.sparse.boxes import check_boxes, points_in_boxes_pairs, rotate_points_z
 from geoattn.sparse.geometry import project_to_image
 from geoattn.sparse.neighbors import radius
-from geoattn.sparse.segment import offsets_from_counts, scatter_mean, scatter_sum
+from geoattn.sparse.segment import offsets_from_counts, scatter_mean
 from geoattn.sparse.voxel import voxel_keys, voxelize
 
 __all__ = [
@@ -406,8 +406,10 @@ def voxel_centroids(points: Tensor, voxel_coords: Tensor, voxel_size, point_rang
     Returns:
         ``(centroids [V, 3], has_points [V] bool)``; voxels without points get their geometric centre.
     """
-    grouped = voxelize(points, voxel_size, point_range, batch=point_batch,
-                       batch_size=int(voxel_coords[:, 0].max()) + 1 if voxel_coords.numel() else None)
+    batch_size = int(voxel_coords[:, 0].max()) + 1 if voxel_coords.numel() else 1
+    if point_batch is not None and point_batch.numel():
+        batch_size = max(batch_size, int(point_batch.max()) + 1)
+    grouped = voxelize(points, voxel_size, point_range, batch=point_batch, batch_size=batch_size)
     keys = voxel_keys(grouped.coords, grouped.spatial_shape)
     query = voxel_keys(voxel_coords, grouped.spatial_shape)
     size = torch.as_tensor(voxel_size, dtype=points.dtype, device=points.device).flatten().expand(3)
@@ -617,7 +619,8 @@ class FeatureDynamicAggregation(nn.Module):
         if channels % num_heads != 0:
             raise ValueError(f"channels: expected a multiple of num_heads={num_heads}, got {channels}")
         self.channels, self.num_heads, self.ffn_channels = channels, num_heads, ffn_channels
-        self.position_encoding = nn.Sequential(_linear_block(4, channels // 2, norm), nn.Linear(channels // 2, channels))
+        self.position_encoding = nn.Sequential(_linear_block(4, channels // 2, norm),
+                                               nn.Linear(channels // 2, channels))
         self.in_proj = nn.Linear(channels, 3 * channels)
         self.out_proj = nn.Linear(channels, channels)
         self.ffn = nn.Sequential(nn.Linear(channels, ffn_channels), nn.ReLU(), nn.Dropout(dropout),

@@ -211,7 +211,8 @@ def test_fusion_averages_cameras():
     points, levels, _, _, reference = _random_fusion_inputs()
     both = module(points, levels, torch.tensor([0, 0]), torch.tensor([0, 1]), reference[:2],
                   return_image_features=True)[1][0]
-    first = module(points, levels, torch.tensor([0]), torch.tensor([0]), reference[:1], return_image_features=True)[1][0]
+    first = module(points, levels, torch.tensor([0]), torch.tensor([0]), reference[:1],
+                   return_image_features=True)[1][0]
     second = module(points, levels, torch.tensor([0]), torch.tensor([1]), reference[1:2],
                     return_image_features=True)[1][0]
     assert torch.allclose(both, (first + second) / 2, atol=1e-12)
@@ -242,7 +243,8 @@ def test_fusion_degenerate_inputs():
     assert out.shape == (6, 10) and torch.equal(image_feature, torch.zeros_like(image_feature))
     none = module(points[:0], levels, empty_pairs, empty_pairs, torch.zeros(0, 2, dtype=torch.float64))
     assert none.shape == (0, 10)
-    single = module(points[:1], levels, torch.tensor([0]), torch.tensor([1]), torch.full((1, 2), 0.5, dtype=torch.float64))
+    centre = torch.full((1, 2), 0.5, dtype=torch.float64)
+    single = module(points[:1], levels, torch.tensor([0]), torch.tensor([1]), centre)
     assert torch.isfinite(single).all()
 
 

@@ -104,7 +104,8 @@ def test_limit_angle_range():
     angles = torch.linspace(-20, 20, 101, dtype=torch.float64)
     wrapped = limit_angle(angles)
     assert (wrapped >= -math.pi).all() and (wrapped < math.pi).all()
-    assert torch.allclose(torch.cos(wrapped), torch.cos(angles)) and torch.allclose(torch.sin(wrapped), torch.sin(angles))
+    assert torch.allclose(torch.cos(wrapped), torch.cos(angles))
+    assert torch.allclose(torch.sin(wrapped), torch.sin(angles))
 
 
 def test_bad_arguments():
