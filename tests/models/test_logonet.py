@@ -207,3 +207,35 @@ def test_sample_rois_policy():
     assert sample_rois(iou[:0], roi_batch[:0]).numel() == 0
     with pytest.raises(ValueError, match="iou, roi_batch"):
         sample_rois(iou, roi_batch[:3])
+
+
+def test_head_batch_elements_are_independent(frame8_inputs):
+    """Element 0's outputs do not change when an augmented second frame joins the batch (eval mode)."""
+    from geoattn.sparse.geometry import LidarAugmentation
+
+    torch.manual_seed(0)
+    frame, points, levels, image, cameras = frame8_inputs
+    head, stems = _small_head().eval(), _Stems().eval()
+    rois = _jittered(frame, copies=1)
+    with torch.no_grad():
+        alone, _ = _run(head, stems, frame8_inputs, rois)
+        augmentation = LidarAugmentation().flip("x").rotate(0.3).scale(1.02)
+        points_aug = augmentation.apply_points(points)
+        levels_aug = [voxelize(points_aug[:, :3], size, [-80, -80, -5, 80, 80, 5], features=points_aug)
+                      for size in (0.4, 0.8)]
+        point_sets = []
+        for level, level_aug, stem in zip(levels, levels_aug, stems.levels):
+            point_sets.append(PointSet(torch.cat([level.centroids, level_aug.centroids]),
+                                       stem(torch.cat([level.features, level_aug.features])),
+                                       torch.cat([torch.zeros(level.num_voxels, dtype=torch.long),
+                                                  torch.ones(level_aug.num_voxels, dtype=torch.long)])))
+        all_points = torch.cat([points, points_aug])[:, :3]
+        point_batch = torch.arange(2).repeat_interleave(len(points))
+        both_cameras = CameraSetup(cameras.lidar2img.repeat(2, 1, 1), torch.tensor([0, 1]), frame.image_hw,
+                                   frame.image_hw, [None, augmentation])
+        all_rois = torch.cat([rois, augmentation.apply_boxes(rois)])
+        roi_batch = torch.cat([torch.zeros(len(rois), dtype=torch.long), torch.ones(len(rois), dtype=torch.long)])
+        images = stems.image(image).repeat(2, 1, 1, 1)
+        together = head(all_rois, roi_batch, point_sets, all_points, point_batch, images, both_cameras)
+    for key in ("scores", "residuals", "boxes"):
+        assert torch.allclose(together[key][: len(rois)], alone[key], atol=1e-5)
