@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geoattn.nn.logonet import (CameraSetup, FeatureDynamicAggregation, GlobalFusion, LocalFusion, RoIGridPool,
-                                reset_children, roi_grid_points)
+                                reset_children, roi_grid_points, voxel_centroids)
 from geoattn.sparse.boxes import box_corners, boxes_iou3d, check_boxes, limit_angle, rotate_points_z
+from geoattn.sparse.voxel import VoxelTensor
 
 __all__ = ["PointSet", "LoGoNetHead", "encode_residuals", "decode_residuals", "assign_targets", "canonical_targets",
            "sample_rois"]
@@ -40,6 +41,23 @@ class PointSet:
     pos: Tensor
     features: Tensor
     batch: Tensor
+
+    @classmethod
+    def from_voxels(cls, voxels: VoxelTensor, points: Tensor, voxel_size, point_range,
+                    point_batch: Tensor | None = None, keep_empty: bool = False) -> "PointSet":
+        """Sparse voxel features of one backbone level located at the centroid of their raw points.
+
+        Args:
+            voxels: the level's :class:`~geoattn.sparse.voxel.VoxelTensor` (e.g. ``VoxelTensor.from_spconv``).
+            points: ``[N, 3+]`` raw LiDAR points (augmented frame); point_batch ``[N]``.
+            voxel_size: the level's voxel size (base size times its stride); point_range as for voxelisation.
+            keep_empty: keep voxels with no raw point (placed at their centre); LoGoNet drops them.
+        """
+        centroids, has_points = voxel_centroids(points[:, :3], voxels.coords, voxel_size, point_range, point_batch)
+        batch = voxels.coords[:, 0].long()
+        if keep_empty:
+            return cls(centroids, voxels.features, batch)
+        return cls(centroids[has_points], voxels.features[has_points], batch[has_points])
 
 
 def encode_residuals(boxes: Tensor, anchors: Tensor) -> Tensor:

@@ -403,6 +403,9 @@ def voxel_centroids(points: Tensor, voxel_coords: Tensor, voxel_size, point_rang
         voxel_size: voxel size of this level (base voxel size times the level's stride).
         point_range: ``[x0, y0, z0, x1, y1, z1]``.
 
+    Points are grouped by ``floor((p - range_min) / voxel_size)`` as in PDV/LoGoNet, whatever padding the
+    sparse convolutions used.
+
     Returns:
         ``(centroids [V, 3], has_points [V] bool)``; voxels without points get their geometric centre.
     """
@@ -417,9 +420,12 @@ def voxel_centroids(points: Tensor, voxel_coords: Tensor, voxel_size, point_rang
     centre = (voxel_coords[:, [3, 2, 1]].to(points.dtype) + 0.5) * size + lower
     if keys.numel() == 0:
         return centre, torch.zeros_like(query, dtype=torch.bool)
-    # sorted keys: a binary search matches every sparse voxel to its group of raw points
+    # sorted keys: a binary search matches every sparse voxel to its group of raw points; sparse-conv grids
+    # may be a voxel larger than the range (e.g. spconv's 41 z-cells), such voxels hold no point here
+    shape = torch.tensor(grouped.spatial_shape, device=voxel_coords.device)
+    in_grid = ((voxel_coords[:, 1:] >= 0) & (voxel_coords[:, 1:] < shape)).all(dim=1)
     position = torch.searchsorted(keys, query).clamp(max=keys.numel() - 1)
-    has_points = keys[position] == query
+    has_points = (keys[position] == query) & in_grid
     return torch.where(has_points[:, None], grouped.centroids[position], centre), has_points
 
 

@@ -239,3 +239,19 @@ def test_head_batch_elements_are_independent(frame8_inputs):
         together = head(all_rois, roi_batch, point_sets, all_points, point_batch, images, both_cameras)
     for key in ("scores", "residuals", "boxes"):
         assert torch.allclose(together[key][: len(rois)], alone[key], atol=1e-5)
+
+
+def test_point_set_from_voxels(frame8_inputs):
+    from geoattn.sparse.voxel import VoxelTensor
+
+    _, points, levels, _, _ = frame8_inputs
+    base = voxelize(points[:, :3], 0.4, POINT_RANGE)
+    # a stride-2 level of the base grid, plus one voxel outside the range grid (as spconv's padded z-cells)
+    coords = torch.unique(base.coords // torch.tensor([1, 2, 2, 2]), dim=0)
+    coords = torch.cat([coords, torch.tensor([[0, 5, 0, 0]])])
+    voxels = VoxelTensor(torch.randn(len(coords), 3), coords, (6, 100, 88), 1)
+    point_set = PointSet.from_voxels(voxels, points, 0.8, POINT_RANGE)
+    assert len(point_set.pos) == len(coords) - 1  # the padded voxel has no point and is dropped
+    assert torch.allclose(point_set.pos, levels[1].centroids, atol=1e-5)
+    kept = PointSet.from_voxels(voxels, points, 0.8, POINT_RANGE, keep_empty=True)
+    assert len(kept.pos) == len(coords) and torch.equal(kept.features, voxels.features)
