@@ -6,6 +6,9 @@
 copied to a temporary folder first, because PyG writes ``processed/`` beside ``raw/``. The LargeGT cache
 (sequences + hop tokens) goes to a temporary folder too. Each run uses seed ``--seed + run`` for the
 sampler, the initialisation and the batches; the final JSON line has ``test_acc_mean`` and ``test_acc_std``.
+
+Defaults were chosen on the Cora validation set (input dropout 0.8, K = 6, batch 35, lr 0.01); the
+test set is only read at the epoch of best validation accuracy.
 """
 from __future__ import annotations
 
@@ -33,18 +36,19 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", choices=["Cora", "CiteSeer"], default="Cora")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--mode", choices=["local", "global", "full"], default="full")
-    parser.add_argument("--K", type=int, default=10, help="sequence length (target + K-1 sampled nodes)")
+    parser.add_argument("--K", type=int, default=6, help="sequence length (target + K-1 sampled nodes)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--global-channels", type=int, default=32)
     parser.add_argument("--num-centroids", type=int, default=64)
-    parser.add_argument("--dropout", type=float, default=0.6)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--input-dropout", type=float, default=0.8, help="dropout on the bag-of-words inputs")
     parser.add_argument("--local-dropout", type=float, default=0.3)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--patience", type=int, default=50, help="stop a run after this many epochs without a new best validation accuracy")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--patience", type=int, default=60, help="stop a run after this many epochs without a new best validation accuracy")
+    parser.add_argument("--batch-size", type=int, default=35)
     parser.add_argument("--resample", action="store_true", help="draw fresh sequences every epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -56,13 +60,14 @@ def parse_args(argv=None):
 
 def load_planetoid(root: Path, name: str, workdir: Path):
     from torch_geometric.datasets import Planetoid
-    from torch_geometric.transforms import NormalizeFeatures
 
     raw = root / name / "raw"
     if not raw.is_dir():
         raise FileNotFoundError(f"--root: {raw} not found (expected the Planetoid ind.{name.lower()}.* files there)")
     shutil.copytree(raw, workdir / name / "raw")
-    return Planetoid(str(workdir), name, split="public", transform=NormalizeFeatures())[0]
+    # raw binary bag-of-words: the token encoder has no normalisation, and row-normalised features are so
+    # small that its dropout noise (on bias-dominated activations) drowns the signal
+    return Planetoid(str(workdir), name, split="public")[0]
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -91,7 +96,8 @@ def run_once(args, data, workdir: Path, run: int, state: dict | None):
     device = torch.device(args.device)
     model = LargeGT(data.num_features, args.hidden, int(data.y.max()) + 1, num_nodes=data.num_nodes, mode=args.mode,
                     heads=args.heads, global_channels=args.global_channels, num_centroids=args.num_centroids,
-                    dropout=args.dropout, local_dropout=args.local_dropout).to(device)
+                    dropout=args.dropout, local_dropout=args.local_dropout,
+                    input_dropout=args.input_dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     train_nodes = data.train_mask.nonzero().flatten()
     val_nodes = data.val_mask.nonzero().flatten()
