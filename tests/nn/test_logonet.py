@@ -3,6 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geoattn.data.kitti import load_mmdet3d_frame
 from geoattn.nn.logonet import (CameraSetup, FeatureDynamicAggregation, GlobalFusion, LocalFusion, PointImageFusion,
@@ -73,6 +75,18 @@ def test_projection_undoes_augmentation(frame8):
     # float32 augmented frame: round trip to 1e-5 m
     points32 = frame8.points[:, :3]
     assert (augmentation.invert_points(augmentation.apply_points(points32)) - points32).abs().max() < 1e-5
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), flip_y=st.booleans())
+def test_projection_undoes_any_recorded_augmentation(frame8, seed, flip_y):
+    points = frame8.points[::40, :3].double()
+    generator = torch.Generator().manual_seed(seed)
+    augmentation = LidarAugmentation.sample(generator, flip_y_prob=float(flip_y), translation_std=0.5)
+    plain = project_to_cameras(points, _cameras(frame8))
+    undone = project_to_cameras(augmentation.apply_points(points), _cameras(frame8, augmentations=[augmentation]))
+    assert torch.equal(plain.point_index, undone.point_index)
+    assert (plain.uv - undone.uv).abs().max() < 1e-3
 
 
 def test_projection_image_scale_and_depth(frame8):
