@@ -12,7 +12,8 @@ attention core (q, k, v -> y; projections excluded for all) are timed round-robi
 (c) ``pad_softmax``: every window padded to the largest and dense softmax attention (SST/DSVT style) with a
     key-padding mask through ``scaled_dot_product_attention``, in groups of windows to bound memory.
 
-Prints one JSON object: sizes, medians in ms, ratios, peak memory (CUDA: allocator peak; CPU: peak RSS of a
+``*_fwd_ms`` is a forward without autograd (inference), ``*_fwd_bwd_ms`` a forward with autograd plus the
+backward of a random output gradient. Prints one JSON object: sizes, medians in ms, ratios, peak memory (CUDA: allocator peak; CPU: peak RSS of a
 fresh subprocess running one forward+backward, minus that of a subprocess that only builds the inputs), and the
 bytes moved by SLA's minimal traffic (q, k, v read + y written; ~3x that with the backward) against the
 device's copy bandwidth.
@@ -202,7 +203,19 @@ def memory_probe(args, window, q, k, v, grad):
     if args._memory_probe != "none":
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         run_method(args._memory_probe, *leaves, window).backward(grad)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # kB -> MB on Linux
+    print(peak_rss_mb())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set: VmHWM (reset by exec, unlike ru_maxrss, which a child inherits)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def main(argv=None):
