@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from geoattn import backends
-from geoattn.sparse.segment import offsets_from_index, scatter_mean
+from geoattn.sparse.segment import offsets_from_index, scatter_sum
 
 __all__ = ["knn", "radius", "fps", "grid_subsample", "neighbor_backend"]
 
@@ -60,7 +61,8 @@ def _check_positive_int(name: str, value) -> int:
     return value
 
 
-def _check_batch(name: str, batch, num_points: int, device: torch.device) -> None:
+def _check_batch(name: str, batch, num_points: int, device: torch.device) -> int:
+    """Validate sorted batch ids; returns ``last id + 1`` (0 when empty)."""
     if not isinstance(batch, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of int64 batch ids, got {type(batch).__name__}")
     if batch.dtype not in (torch.int64, torch.int32):
@@ -69,10 +71,16 @@ def _check_batch(name: str, batch, num_points: int, device: torch.device) -> Non
         raise ValueError(f"{name}: expected shape ({num_points},), got {tuple(batch.shape)}")
     if batch.device != device:
         raise ValueError(f"{name}: expected device {device}, got {batch.device}")
-    if batch.numel() and int(batch.min()) < 0:
-        raise ValueError(f"{name}: expected non-negative batch ids, got minimum {int(batch.min())}")
-    if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
+    if batch.numel() == 0:
+        return 0
+    # numpy on the CPU: one cheap single-threaded pass, no parallel-region start-up for a tiny check
+    values = batch.numpy() if batch.device.type == "cpu" else batch
+    if bool((values[1:] < values[:-1]).any()):
         raise ValueError(f"{name}: expected sorted (ascending) batch ids, got an unsorted tensor")
+    first, last = int(values[0]), int(values[-1])
+    if first < 0:
+        raise ValueError(f"{name}: expected non-negative batch ids, got minimum {first}")
+    return last + 1
 
 
 def _batch_offsets(batch: Tensor | None, num_points: int, num_batches: int, device) -> Tensor:
@@ -95,10 +103,11 @@ def _pair_offsets(support: Tensor, query: Tensor, support_batch, query_batch) ->
             _batch_offsets(None, support.size(0), 1, support.device),
             _batch_offsets(None, query.size(0), 1, query.device),
         )
-    _check_batch("support_batch", support_batch, support.size(0), support.device)
-    _check_batch("query_batch", query_batch, query.size(0), query.device)
-    last = [int(b.max()) for b in (support_batch, query_batch) if b.numel()]
-    num_batches = max(last) + 1 if last else 1
+    num_batches = max(
+        _check_batch("support_batch", support_batch, support.size(0), support.device),
+        _check_batch("query_batch", query_batch, query.size(0), query.device),
+        1,
+    )
     return (
         _batch_offsets(support_batch, support.size(0), num_batches, support.device),
         _batch_offsets(query_batch, query.size(0), num_batches, query.device),
@@ -238,37 +247,91 @@ def _knn_rows_torch(support, query, k, support_offsets, query_offsets, limit, ro
 
 
 def _knn_open3d(support, query, k, support_offsets, query_offsets, limit):
+    """kd-tree search for ``k + 1`` neighbours, then the tie rule in numpy.
+
+    The post-processing is O(M k) and runs in numpy: on a loaded machine a dozen small multi-threaded torch
+    ops cost more than the search itself.
+    """
     ops = backends.open3d_ops()
     result = ops.knn_search(
-        support,
-        query,
-        k + 1,
-        support_offsets,
-        query_offsets,
-        index_dtype=torch.int64,
-        return_distances=True,
+        support, query, k + 1, support_offsets, query_offsets, index_dtype=torch.int64, return_distances=True
     )
     num_query = query.size(0)
-    found, splits = result.neighbors_index, result.neighbors_row_splits
-    if found.numel() == num_query * (k + 1):
-        index = found.view(num_query, k + 1)
-        dist2 = result.neighbors_distance.view(num_query, k + 1)
+    found, found_dist2 = result.neighbors_index.numpy(), result.neighbors_distance.numpy()
+    if found.size == num_query * (k + 1):
+        index, dist2 = found.reshape(num_query, k + 1), found_dist2.reshape(num_query, k + 1)
     else:  # some batch elements have at most k points: pad their rows
-        counts = splits[1:] - splits[:-1]
-        row = torch.repeat_interleave(torch.arange(num_query), counts, output_size=found.numel())
-        column = torch.arange(found.numel()) - splits[:-1][row]
-        index = torch.full((num_query, k + 1), -1, dtype=torch.long)
-        dist2 = torch.full((num_query, k + 1), math.inf, dtype=query.dtype)
+        splits = result.neighbors_row_splits.numpy()
+        row = np.repeat(np.arange(num_query), np.diff(splits))
+        column = np.arange(found.size) - splits[:-1][row]
+        index = np.full((num_query, k + 1), -1, dtype=np.int64)
+        dist2 = np.full((num_query, k + 1), np.inf, dtype=found_dist2.dtype)
         index[row, column] = found
-        dist2[row, column] = result.neighbors_distance
-    boundary = (dist2[:, k - 1] == dist2[:, k]) & (dist2[:, k] < math.inf)
+        dist2[row, column] = found_dist2
+    boundary = (dist2[:, k - 1] == dist2[:, k]) & (dist2[:, k] < np.inf)
     if limit is not None:
-        boundary &= dist2[:, k - 1] <= limit
-    index, dist2 = index[:, :k].contiguous(), dist2[:, :k].contiguous()
-    _order_ties(dist2, index)
-    rows = boundary.nonzero().squeeze(1)
-    if rows.numel():  # the k-th place is tied: the kd-tree's choice among equals is arbitrary, redo exactly
-        index[rows], dist2[rows] = _knn_rows_torch(support, query, k, support_offsets, query_offsets, limit, rows)
+        boundary &= dist2[:, k - 1] <= dist2.dtype.type(limit)
+    index, dist2 = np.ascontiguousarray(index[:, :k]), np.ascontiguousarray(dist2[:, :k])
+    tied = np.flatnonzero((dist2[:, 1:] == dist2[:, :-1]).any(1)) if k > 1 else np.empty(0, np.int64)
+    if tied.size:  # equal distances: ascending index
+        order = np.lexsort((index[tied], dist2[tied]), axis=-1)
+        index[tied] = np.take_along_axis(index[tied], order, 1)
+        dist2[tied] = np.take_along_axis(dist2[tied], order, 1)
+    rows = np.flatnonzero(boundary)
+    if rows.size:  # the k-th place is tied: the kd-tree's choice among equals is arbitrary, redo exactly
+        index[rows], dist2[rows] = _boundary_rows_open3d(
+            support, query, k, support_offsets, query_offsets.numpy(), rows, dist2[rows, k - 1]
+        )
+    return torch.from_numpy(index), torch.from_numpy(dist2)
+
+
+def _boundary_rows_open3d(support, query, k, support_offsets, query_offsets, rows, threshold):
+    """Exact first ``k`` by (distance, index) for query ``rows`` whose ``k``-th distance is ``threshold``.
+
+    Every support point with ``d2 <= threshold`` is a candidate: found by brute force in numpy for a few
+    rows (the usual case on real scans), else by one kd-tree radius search just above ``sqrt(threshold)``.
+    """
+    row_batch = np.searchsorted(query_offsets, rows, side="right") - 1
+    bounds = support_offsets.numpy()
+    if rows.size * int(np.diff(bounds).max()) <= _BLOCK_ELEMENTS // 4:
+        support_np, query_np = support.numpy(), query.numpy()
+        pieces = []
+        for slot, (row, element) in enumerate(zip(rows.tolist(), row_batch.tolist())):
+            start, end = bounds[element], bounds[element + 1]
+            diff = support_np[start:end, 0] - query_np[row, 0]
+            dist2 = diff * diff
+            for axis in range(1, support_np.shape[1]):  # same order and rounding as the kd-tree
+                diff = support_np[start:end, axis] - query_np[row, axis]
+                dist2 = dist2 + diff * diff
+            inside = np.flatnonzero(dist2 <= threshold[slot])
+            pieces.append((np.full(inside.size, slot), inside + start, dist2[inside]))
+        candidate_row, found, found_dist2 = (np.concatenate(parts) for parts in zip(*pieces))
+    else:
+        counts = np.bincount(row_batch, minlength=query_offsets.size - 1)
+        sub_offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        radii = np.sqrt(threshold.astype(np.float64)) * (1 + 1e-6) + 1e-12
+        result = backends.open3d_ops().radius_search(
+            support,
+            query[torch.from_numpy(rows)],
+            torch.from_numpy(radii).to(query.dtype),
+            support_offsets,
+            sub_offsets,
+            index_dtype=torch.int64,
+            return_distances=True,
+        )
+        found, found_dist2 = result.neighbors_index.numpy(), result.neighbors_distance.numpy()
+        candidate_row = np.repeat(np.arange(rows.size), np.diff(result.neighbors_row_splits.numpy()))
+        keep = found_dist2 <= threshold[candidate_row]
+        found, found_dist2, candidate_row = found[keep], found_dist2[keep], candidate_row[keep]
+    order = np.lexsort((found, found_dist2, candidate_row))
+    found, found_dist2, candidate_row = found[order], found_dist2[order], candidate_row[order]
+    starts = np.searchsorted(candidate_row, np.arange(rows.size))
+    rank = np.arange(found.size) - starts[candidate_row]
+    take = rank < k
+    index = np.full((rows.size, k), -1, dtype=np.int64)
+    dist2 = np.full((rows.size, k), np.inf, dtype=found_dist2.dtype)
+    index[candidate_row[take], rank[take]] = found[take]
+    dist2[candidate_row[take], rank[take]] = found_dist2[take]
     return index, dist2
 
 
@@ -357,10 +420,13 @@ def radius(
     max_neighbors = _check_positive_int("max_neighbors", max_neighbors)
     limit = r * r
     index, dist2 = _knn_search(support, query, max_neighbors, support_batch, query_batch, backend, limit)
-    outside = dist2 > limit
-    index = index.masked_fill(outside, -1)
-    count = (~outside).sum(1)
-    return index, count
+    if index.device.type == "cpu":  # numpy: avoids parallel start-up costs of small torch ops
+        index_np, dist2_np = index.numpy(), dist2.numpy()
+        inside = dist2_np <= dist2_np.dtype.type(limit)
+        index_np[~inside] = -1  # index is a fresh tensor owned by this call
+        return index, torch.from_numpy(inside.sum(1, dtype=np.int64))
+    inside = dist2 <= torch.tensor(limit, dtype=dist2.dtype, device=dist2.device)
+    return index.masked_fill_(~inside, -1), inside.sum(1)
 
 
 def fps(
@@ -394,9 +460,7 @@ def fps(
         num_samples = _check_positive_int("num_samples", num_samples)
     elif isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio: expected a number in (0, 1], got {ratio!r}")
-    if batch is not None:
-        _check_batch("batch", batch, pos.size(0), pos.device)
-    num_batches = int(batch.max()) + 1 if batch is not None and batch.numel() else 1
+    num_batches = 1 if batch is None else max(_check_batch("batch", batch, pos.size(0), pos.device), 1)
     offsets = _batch_offsets(batch, pos.size(0), num_batches, pos.device)
     counts = offsets[1:] - offsets[:-1]
     if num_samples is not None:
@@ -489,33 +553,43 @@ def grid_subsample(
         raise ValueError(
             f"voxel_size: expected a positive finite float or {dims} of them, got {size.tolist()}"
         )
-    if batch is not None:
-        _check_batch("batch", batch, pos.size(0), pos.device)
-    num_points = pos.size(0)
-    if num_points == 0:
+    num_batches = 1 if batch is None else max(_check_batch("batch", batch, pos.size(0), pos.device), 1)
+    if pos.size(0) == 0:
         empty = torch.empty(0, dtype=torch.long, device=pos.device)
         return pos.new_empty((0, dims)), empty, empty
-    with torch.no_grad():
-        cells = torch.floor(pos.detach() / size).long()
-        cells -= cells.min(0).values
-        extent = (cells.max(0).values + 1).tolist()
-        columns = [batch.long()] if batch is not None else []
-        columns += [cells[:, axis] for axis in range(dims)]
-        num_batches = int(batch.max()) + 1 if batch is not None else 1
-        if math.prod(extent) * num_batches < 2**62:
-            key = batch.long() if batch is not None else torch.zeros_like(cells[:, 0])
+    if pos.device.type == "cpu":  # integer bookkeeping in numpy: single-threaded, no parallel start-up cost
+        cells = np.floor(pos.detach().numpy() / size.numpy()).astype(np.int64)
+        cells -= cells.min(0)
+        extent = (cells.max(0) + 1).tolist()
+        cells_per_batch = math.prod(extent)
+        if cells_per_batch * num_batches < 2**62:
+            key = np.zeros(len(cells), dtype=np.int64) if batch is None else batch.numpy().astype(np.int64)
             for axis in range(dims):
                 key = key * extent[axis] + cells[:, axis]
-            unique_key, cluster = torch.unique(key, sorted=True, return_inverse=True)
-            num_cells = unique_key.numel()
-            if batch is not None:
-                cell_batch = torch.zeros(num_cells, dtype=torch.long, device=pos.device)
-                cell_batch[cluster] = batch.long()
-            else:
-                cell_batch = torch.zeros(num_cells, dtype=torch.long, device=pos.device)
-        else:  # astronomically large extents: unique over rows instead of a packed key
-            unique_rows, cluster = torch.unique(torch.stack(columns, 1), dim=0, return_inverse=True)
-            num_cells = unique_rows.size(0)
-            cell_batch = unique_rows[:, 0] if batch is not None else unique_rows.new_zeros(num_cells)
-    pos_sub = scatter_mean(pos, cluster, num_cells)
-    return pos_sub, cell_batch, cluster
+            unique_key, cluster, counts = np.unique(key, return_inverse=True, return_counts=True)
+            cluster = torch.from_numpy(cluster.reshape(-1))
+            counts = torch.from_numpy(counts)
+            cell_batch = torch.from_numpy(unique_key // cells_per_batch)
+            return _cell_means(pos, cluster, counts), cell_batch, cluster
+        cells = torch.from_numpy(cells)
+    else:
+        with torch.no_grad():
+            cells = torch.floor(pos.detach() / size).long()
+            cells -= cells.min(0).values
+        extent = (cells.max(0).values + 1).tolist()
+        cells_per_batch = math.prod(extent)
+        if cells_per_batch * num_batches < 2**62:
+            key = torch.zeros_like(cells[:, 0]) if batch is None else batch.long()
+            for axis in range(dims):
+                key = key * extent[axis] + cells[:, axis]
+            unique_key, cluster, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+            return _cell_means(pos, cluster, counts), unique_key // cells_per_batch, cluster
+    # astronomically large extents: unique over (batch, cell) rows instead of a packed key
+    columns = [torch.zeros_like(cells[:, 0]) if batch is None else batch.long().to(cells.device), cells]
+    rows = torch.cat([columns[0][:, None], columns[1]], 1)
+    unique_rows, cluster, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
+    return _cell_means(pos, cluster, counts), unique_rows[:, 0], cluster
+
+
+def _cell_means(pos: Tensor, cluster: Tensor, counts: Tensor) -> Tensor:
+    return scatter_sum(pos, cluster, counts.numel()) / counts.to(pos.dtype).unsqueeze(1)

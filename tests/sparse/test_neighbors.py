@@ -141,6 +141,27 @@ def test_backends_agree_on_lattice_ties():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_open3d_boundary_ties_both_strategies(monkeypatch):
+    """Rows whose k-th place is tied are redone exactly: by brute force (few rows) or a radius search."""
+    if len(BACKENDS) < 2:
+        pytest.skip("open3d.ml.torch not importable: only one backend")
+    import geoattn.sparse.neighbors as neighbors
+
+    # a float32 lattice away from the origin, in two batch elements: ties with rounded coordinates
+    support = grid_points(6) * 0.1 + 40.0
+    query = grid_points(4) * 0.1 + 40.05
+    support_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([100, 116]))
+    query_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([30, 34]))
+    expected = knn(support, query, 9, support_batch, query_batch, backend="torch")
+    for budget in (neighbors._BLOCK_ELEMENTS, 4):  # 4: forces the kd-tree radius-search strategy
+        monkeypatch.setattr(neighbors, "_BLOCK_ELEMENTS", budget)
+        got = knn(support, query, 9, support_batch, query_batch, backend="open3d")
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        got = radius(support, query, 0.15, 9, support_batch, query_batch, backend="open3d")
+        want = radius(support, query, 0.15, 9, support_batch, query_batch, backend="torch")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_knn_empty_and_single_point(backend):
     empty = torch.empty(0, 3)
@@ -217,6 +238,11 @@ def test_knn_kitti_backends_agree(real_data):
     b = knn(points, query, 16, backend="torch")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert (a[1][:, 0] == 0).all()  # every query is in the support
+    # duplicated points create exact ties, also at the k-th place
+    duplicated = torch.cat([points[:20000], points[:20000:3]])
+    a = knn(duplicated, duplicated[::7], 5, backend="open3d")
+    b = knn(duplicated, duplicated[::7], 5, backend="torch")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # a batch of two copies of the frame: each query sees only its own copy
     two = torch.cat([points[:3000], points[:3000] + 0.25])
     batch = torch.repeat_interleave(torch.arange(2), 3000)
