@@ -367,6 +367,12 @@ def load_mmdet3d_frame(info_path, index: int = 0, root=None, load_image: bool = 
     if not isinstance(info, dict) or "data_list" not in info:
         raise ValueError(f"info_path: {info_path} is not an mmdetection3d v1.x info pickle "
                          "(expected a dict with 'data_list')")
+    metainfo = info.get("metainfo", {})
+    dataset = str(metainfo.get("dataset", metainfo.get("DATASET", "kitti")))
+    if dataset.lower() != "kitti":
+        raise ValueError(f"info_path: {info_path} is a {dataset!r} info pickle; this reader handles KITTI infos "
+                         "(camera-frame bbox_3d) only")
+    class_names = {index: name for name, index in metainfo.get("categories", {}).items()}
     frames = info["data_list"]
     if not -len(frames) <= index < len(frames):
         raise IndexError(f"index: {index} out of range for {len(frames)} frames")
@@ -395,8 +401,8 @@ def load_mmdet3d_frame(info_path, index: int = 0, root=None, load_image: bool = 
         [inst[key] for inst in instances], dtype=dtype).reshape(-1, width) if width else torch.tensor(
         [inst[key] for inst in instances], dtype=dtype)
     boxes_camera = as_tensor("bbox_3d", width=7)
-    labels = [KITTI_CLASSES[inst["bbox_label_3d"]] if inst["bbox_label_3d"] < len(KITTI_CLASSES)
-              else str(inst["bbox_label_3d"]) for inst in instances]
+    names = class_names or dict(enumerate(KITTI_CLASSES))
+    labels = [names.get(inst["bbox_label_3d"], str(inst["bbox_label_3d"])) for inst in instances]
     return KittiFrame(
         points=points, image=image, lidar2img=lidar2img, lidar2cam=lidar2cam,
         boxes=boxes_camera_to_lidar(boxes_camera, lidar2cam), labels=labels,

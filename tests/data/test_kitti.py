@@ -101,3 +101,20 @@ def test_info_pickle_is_restricted(tmp_path, real_data):
         load_info_pickle(evil)
     with pytest.raises(ValueError, match="data_list"):
         load_mmdet3d_frame(real_data / "fusion" / "kitti_000000" / "000000.pkl")
+
+
+def test_raw_layout_and_info_pickle_agree_on_the_same_frame(real_data):
+    """KITTI training frame 000000 exists both as raw files and in mmdetection3d's test info pickle."""
+    raw = load_kitti_frame(real_data / "lidar" / "kitti_360", 0, split="", load_image=False)
+    info = load_mmdet3d_frame(real_data / "lidar" / "snippets" / "kitti" / "kitti_infos_train.pkl")
+    assert info.labels == raw.labels == ["Pedestrian"]
+    assert info.image_hw == raw.image_hw == (370, 1224)
+    assert torch.allclose(info.lidar2img["CAM2"], raw.lidar2img["CAM2"], rtol=1e-4, atol=1e-2)
+    assert torch.allclose(info.boxes, raw.boxes, atol=0.02)  # the pickle stores float32 calibration
+    assert info.points.shape == (800, 4)  # mmdetection3d keeps an 800-point subsample
+
+
+def test_non_kitti_info_pickle_is_refused(real_data):
+    with pytest.raises(ValueError, match="'waymo' info pickle"):
+        load_mmdet3d_frame(real_data / "lidar" / "snippets" / "waymo" / "kitti_format" / "waymo_infos_train.pkl",
+                           camera="CAM_FRONT")
