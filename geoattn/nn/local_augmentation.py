@@ -142,10 +142,12 @@ class LocalAugmenter(nn.Module):
 
     def loss(self, reconstruction: Tensor, x_neighbor: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
         r"""Negative ELBO per pair: (reconstruction error summed over features + KL) / batch size."""
+        dtype = torch.promote_types(reconstruction.dtype, torch.float32)  # sums over F * B terms: >= fp32
+        reconstruction, x_neighbor = reconstruction.to(dtype), x_neighbor.to(dtype)
         if self.variant == "citation":
-            reconstruction_error = F.binary_cross_entropy(reconstruction.float(), x_neighbor.float(), reduction="sum")
+            reconstruction_error = F.binary_cross_entropy(reconstruction, x_neighbor, reduction="sum")
         else:
-            reconstruction_error = F.mse_loss(reconstruction.float(), x_neighbor.float(), reduction="sum")
+            reconstruction_error = F.mse_loss(reconstruction, x_neighbor, reduction="sum")
         kl = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp())
         return (reconstruction_error + kl) / x_neighbor.size(0)
 
