@@ -22,6 +22,15 @@ cameras averages its per-camera :math:`g`; a point seen by none gets :math:`g = 
 
 Projection (:func:`project_to_cameras`) maps augmented LiDAR points back through the recorded
 augmentation and into every camera, returning one (point, camera, pixel) pair per visible view.
+
+Deliberate differences from the official LoGoNet code (PJLab-ADG/LoGoNet):
+
+* reference points keep sub-pixel precision (the official code casts projected pixels to integers);
+* a point seen by several cameras averages its per-camera features (official: the last camera wins);
+* deformable sampling is ``grid_sample`` instead of the MSDeformAttn CUDA extension (same maths,
+  bilinear, zero padding), so everything runs on the CPU and needs no compiled code;
+* RoI grid pooling encodes density as the log of the ball's neighbour count per volume (PDV uses a
+  kernel density estimate per neighbour).
 """
 from __future__ import annotations
 
