@@ -137,14 +137,17 @@ def estimate_normals(
     with torch.no_grad():
         points = pos.detach()
         index, _ = knn(points, points, k, batch, batch)
-        valid = index >= 0
         work = torch.float64  # covariances of metre-scale clouds lose digits in float32
-        neighbours = points[index.clamp(min=0)].to(work)  # [N, k, 3]
-        weight = valid.to(work).unsqueeze(-1)
-        count = weight.sum(1)  # [N, 1]
-        centroid = (neighbours * weight).sum(1) / count
-        centred = (neighbours - centroid[:, None, :]) * weight
-        covariance = centred.transpose(1, 2) @ centred / count[:, :, None]
+        # offsets from the centre point are small, so the float32 subtraction loses nothing that matters
+        local = (points[index.clamp(min=0)] - points[:, None, :]).to(work)  # [N, k, 3]
+        valid = index >= 0
+        if bool(valid.all()):
+            count = torch.full((points.size(0), 1), float(index.size(1)), dtype=work, device=pos.device)
+        else:  # batch elements smaller than k: padded slots count for nothing
+            local = local * valid.unsqueeze(-1)
+            count = valid.sum(1, keepdim=True).to(work)
+        mean = local.sum(1) / count  # centroid minus the point
+        covariance = local.transpose(1, 2) @ local / count.unsqueeze(-1) - mean[:, :, None] * mean[:, None, :]
         _, vectors = torch.linalg.eigh(covariance)
         normals = vectors[:, :, 0]  # eigenvalues ascending
         if viewpoint is not None:
@@ -153,16 +156,15 @@ def estimate_normals(
                 raise ValueError(f"viewpoint: expected 3 coordinates, got {view.numel()}")
             sign_reference = view - points.to(work)
         else:
-            points64 = points.to(work)
-            sign_reference = points64 - centroid
-            spread = (centred.pow(2).sum((1, 2)) / count.squeeze(1)).sqrt()
+            sign_reference = -mean  # p_i - centroid_i
+            spread = covariance.diagonal(dim1=1, dim2=2).sum(1).clamp(min=0).sqrt()
             ambiguous = (normals * sign_reference).sum(-1).abs() <= 1e-3 * spread
             if bool(ambiguous.any()):
+                points64 = points.to(work)
                 if batch is None:
-                    cloud_centroid = points64.mean(0, keepdim=True).expand_as(points64)
+                    cloud_centroid = points64.mean(0, keepdim=True)
                 else:
-                    per_element = scatter_mean(points64, batch.long())
-                    cloud_centroid = per_element[batch.long()]
+                    cloud_centroid = scatter_mean(points64, batch.long())[batch.long()]
                 sign_reference = torch.where(ambiguous[:, None], points64 - cloud_centroid, sign_reference)
         flip = (normals * sign_reference).sum(-1) < 0
         normals = torch.where(flip[:, None], -normals, normals)

@@ -215,34 +215,24 @@ def _exact_topk(dist2: Tensor, k: int, limit: float | None) -> tuple[Tensor, Ten
     return values, index
 
 
-def _knn_rows_torch(support, query, k, support_offsets, query_offsets, limit, rows=None):
-    """Blocked brute-force knn. ``rows`` restricts the work to some query rows (returned in that order)."""
-    num_rows = query.size(0) if rows is None else rows.numel()
-    index_out = torch.full((num_rows, k), -1, dtype=torch.long, device=query.device)
-    dist2_out = torch.full((num_rows, k), math.inf, dtype=query.dtype, device=query.device)
-    if rows is None:
-        row_batch = None
-    else:
-        row_batch = torch.searchsorted(query_offsets, rows, right=True) - 1
-    starts = support_offsets.tolist()
-    query_bounds = query_offsets.tolist()
-    for b in range(len(starts) - 1):
-        s0, s1 = starts[b], starts[b + 1]
-        if rows is None:
-            out_rows = torch.arange(query_bounds[b], query_bounds[b + 1], device=query.device)
-        else:
-            out_rows = (row_batch == b).nonzero().squeeze(1)
-        if out_rows.numel() == 0 or s1 == s0:
+def _knn_rows_torch(support, query, k, support_offsets, query_offsets, limit):
+    """Blocked brute-force knn: per batch element, query blocks of at most ``_BLOCK_ELEMENTS`` distances."""
+    index_out = torch.full((query.size(0), k), -1, dtype=torch.long, device=query.device)
+    dist2_out = torch.full((query.size(0), k), math.inf, dtype=query.dtype, device=query.device)
+    support_bounds, query_bounds = support_offsets.tolist(), query_offsets.tolist()
+    for b in range(len(support_bounds) - 1):
+        s0, s1 = support_bounds[b], support_bounds[b + 1]
+        q0, q1 = query_bounds[b], query_bounds[b + 1]
+        if s1 == s0 or q1 == q0:
             continue
         support_b = support[s0:s1]
         block = max(1, _BLOCK_ELEMENTS // (s1 - s0))
-        for start in range(0, out_rows.numel(), block):
-            out_block = out_rows[start : start + block]
-            query_rows = out_block if rows is None else rows[out_block]
-            values, index = _exact_topk(_block_dist2(query[query_rows], support_b), k, limit)
+        for start in range(q0, q1, block):
+            end = min(start + block, q1)
+            values, index = _exact_topk(_block_dist2(query[start:end], support_b), k, limit)
             width = values.size(1)
-            dist2_out[out_block, :width] = values
-            index_out[out_block, :width] = index + s0
+            dist2_out[start:end, :width] = values
+            index_out[start:end, :width] = index + s0
     return index_out, dist2_out
 
 
@@ -357,10 +347,11 @@ def _differentiable_dist2(support: Tensor, query: Tensor, index: Tensor, dist2: 
     """Recompute ``dist2`` with autograd when the positions require gradients (same values)."""
     if not (torch.is_grad_enabled() and (support.requires_grad or query.requires_grad)):
         return dist2
-    valid = index >= 0
     diff = query[:, None, :] - support[index.clamp(min=0)]
-    recomputed = diff.pow(2).sum(-1)
-    return torch.where(valid, recomputed, dist2)
+    recomputed = diff[..., 0] * diff[..., 0]
+    for axis in range(1, diff.size(-1)):  # same summation order as the search: identical values
+        recomputed = recomputed + diff[..., axis] * diff[..., axis]
+    return torch.where(index >= 0, recomputed, dist2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -396,3 +396,11 @@ def test_errors_name_the_argument():
         grid_subsample(pos, 0.0)
     with pytest.raises(ValueError, match="batch: expected sorted"):
         grid_subsample(pos, 0.1, torch.tensor([1, 0, 0, 0, 0]))
+
+
+def test_knn_dist2_with_gradients_equals_plain():
+    support = torch.randn(300, 3) * 30
+    query = torch.randn(40, 3) * 30
+    plain = knn(support, query, 6)[1]
+    tracked = knn(support.requires_grad_(), query, 6)[1]
+    assert tracked.requires_grad and torch.equal(plain, tracked.detach())
