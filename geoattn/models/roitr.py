@@ -24,6 +24,7 @@ from geoattn.nn.roitr import (
     LearnableLogOptimalTransport,
     PPFAttention,
     PPFAttentionBlock,
+    PointInstanceNorm,
     RotationInvariantTransformer,
     knn_interpolate,
     ppf_groups,
@@ -38,7 +39,10 @@ class RoITrConfig:
     """Hyper-parameters of :class:`RoITr`. The defaults are the paper's 3DMatch configuration.
 
     ``voxel_size`` is the point spacing (metres) the network expects; the registration pipeline
-    rescales inputs so that the user's voxel size maps onto it.
+    rescales inputs so that the user's voxel size maps onto it. ``point_norm`` is the normalisation after
+    each encoder transition and in the decoder MLPs: ``"layer"`` (the paper) or ``"instance"``
+    (:class:`~geoattn.nn.roitr.PointInstanceNorm`, statistics over the points; the small CPU config uses
+    it because it trains far faster from constant input features).
     """
 
     channels: tuple[int, ...] = (64, 128, 256, 256)
@@ -59,6 +63,7 @@ class RoITrConfig:
     sign_invariant_ppf: bool = True
     voxel_size: float = 0.025
     max_superpoints: int = 2048
+    point_norm: str = "layer"
 
     def __post_init__(self) -> None:
         lengths = {len(self.channels), len(self.neighbors), len(self.blocks), len(self.strides)}
@@ -67,6 +72,8 @@ class RoITrConfig:
                 "channels, neighbors, blocks, strides: expected equal lengths, got "
                 f"{len(self.channels)}, {len(self.neighbors)}, {len(self.blocks)}, {len(self.strides)}"
             )
+        if self.point_norm not in ("layer", "instance"):
+            raise ValueError(f"point_norm: expected 'layer' or 'instance', got {self.point_norm!r}")
         for name in ("channels", "neighbors", "blocks", "strides", "transformer_blocks"):
             setattr(self, name, tuple(getattr(self, name)))
 
@@ -79,7 +86,7 @@ class RoITrConfig:
         used for the shipped checkpoint."""
         params = dict(channels=(32, 64, 128, 128), blocks=(1, 1, 1, 1), strides=(1, 4, 4, 2), transformer_channels=128,
                       transformer_blocks=("self", "cross") * 2, coarse_channels=128, fine_channels=64,
-                      voxel_size=0.05, sigma_d=0.4)
+                      voxel_size=0.05, sigma_d=0.4, point_norm="instance")
         params.update(overrides)
         return cls(**params)
 
@@ -118,8 +125,12 @@ class RoITrOutput(NamedTuple):
     tgt_point_feats: Tensor  # [M, fine]
 
 
-def _mlp_norm(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels), nn.ReLU())
+def _norm(kind: str, channels: int) -> nn.Module:
+    return PointInstanceNorm(channels) if kind == "instance" else nn.LayerNorm(channels)
+
+
+def _mlp_norm(in_channels: int, out_channels: int, kind: str) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_channels, out_channels), _norm(kind, out_channels), nn.ReLU())
 
 
 class RoITr(nn.Module):
@@ -145,21 +156,21 @@ class RoITr(nn.Module):
         previous = 1
         for level, width in enumerate(channels):
             self.encoder_down.append(PPFAttention(previous, width, heads=config.heads))
-            self.encoder_norm.append(nn.LayerNorm(width))
+            self.encoder_norm.append(_norm(config.point_norm, width))
             self.encoder_blocks.append(
                 nn.ModuleList(PPFAttentionBlock(width, config.heads) for _ in range(config.blocks[level]))
             )
             previous = width
         last = channels[-1]
         self.head_global = nn.Sequential(nn.Linear(last, last), nn.ReLU())
-        self.head_fuse = _mlp_norm(2 * last, last)
+        self.head_fuse = _mlp_norm(2 * last, last, config.point_norm)
         self.head_block = PPFAttentionBlock(last, config.decoder_heads)
         self.decoder_skip = nn.ModuleList()
         self.decoder_coarse = nn.ModuleList()
         self.decoder_blocks = nn.ModuleList()
         for level in range(len(channels) - 2, -1, -1):
-            self.decoder_skip.append(_mlp_norm(channels[level], channels[level]))
-            self.decoder_coarse.append(_mlp_norm(channels[level + 1], channels[level]))
+            self.decoder_skip.append(_mlp_norm(channels[level], channels[level], config.point_norm))
+            self.decoder_coarse.append(_mlp_norm(channels[level + 1], channels[level], config.point_norm))
             self.decoder_blocks.append(PPFAttentionBlock(channels[level], config.decoder_heads))
         self.transformer = RotationInvariantTransformer(
             last, config.transformer_channels, config.transformer_channels, heads=config.transformer_heads,

@@ -27,6 +27,7 @@ __all__ = [
     "knn_interpolate",
     "PPFAttention",
     "PPFAttentionBlock",
+    "PointInstanceNorm",
     "GeometricStructureEmbedding",
     "RPESelfAttentionBlock",
     "PositionalCrossAttentionBlock",
@@ -195,6 +196,38 @@ class PPFAttention(nn.Module):
             f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
             f"hidden={self.hidden_channels}, heads={self.heads})"
         )
+
+
+class PointInstanceNorm(nn.Module):
+    r"""Per-channel standardisation over the points of one cloud, with a learnable affine map.
+
+    :math:`y_{nc} = \gamma_c (x_{nc} - \mu_c)/\sqrt{\sigma_c^2 + \epsilon} + \beta_c`, statistics over the
+    ``N`` points of ``x [N, C]`` (batch-size-one BatchNorm without running statistics, so training and
+    inference agree). The statistics of invariant features are invariant, so is the output. Unlike a
+    LayerNorm over channels it removes what all points share: with RoITr's constant input features the
+    first layers differ between points only by a few percent, and this keeps that difference visible.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.size(1) != self.channels:
+            raise ValueError(f"x: expected [N, {self.channels}], got shape {tuple(x.shape)}")
+        mean = x.mean(dim=0, keepdim=True)
+        var = x.var(dim=0, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.channels})"
 
 
 class PPFAttentionBlock(nn.Module):

@@ -87,6 +87,8 @@ def test_tiny_and_bad_inputs(model):
         model.encode(pts, pts[:3])
     with pytest.raises(ValueError, match="pos: expected a 2-D tensor"):
         model.encode(pts[:, :2], pts[:, :2])
+    with pytest.raises(ValueError, match="point_norm"):
+        RoITrConfig(point_norm="batch")
     with pytest.raises(ValueError, match="equal lengths"):
         RoITrConfig(channels=(8, 16), neighbors=(4, 4, 4))
 
@@ -107,3 +109,9 @@ def test_paper_config_defaults():
     assert config.channels == (64, 128, 256, 256) and config.neighbors == (8, 16, 16, 16)
     assert config.strides == (1, 4, 4, 4) and config.transformer_blocks == ("self", "cross") * 3
     assert RoITrConfig(**config.to_dict()) == config
+    assert config.point_norm == "layer" and RoITrConfig.small().point_norm == "instance"
+    layer_model = RoITr(RoITrConfig(channels=(8, 8), neighbors=(4, 4), blocks=(1, 1), strides=(1, 2),
+                                    transformer_channels=8, transformer_heads=2, heads=2, decoder_heads=2))
+    pts = torch.rand(40, 3)
+    out = layer_model(pts, estimate_normals(pts), pts, estimate_normals(pts))
+    assert out.src_node_feats.shape == (20, 256)

@@ -11,6 +11,7 @@ from geoattn.nn.roitr import (
     LearnableLogOptimalTransport,
     PositionalCrossAttentionBlock,
     PPFAttention,
+    PointInstanceNorm,
     PPFAttentionBlock,
     RotationInvariantTransformer,
     RPESelfAttentionBlock,
@@ -238,3 +239,19 @@ def test_optimal_transport_marginals_and_masks():
     with pytest.raises(ValueError, match="scores"):
         ot(torch.randn(4, 3))
     assert "num_iterations=200" in repr(ot)
+
+
+def test_point_instance_norm_reference_and_invariance():
+    norm = PointInstanceNorm(3).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        norm.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    x = torch.randn(10, 3, dtype=torch.float64)
+    expected = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5) * norm.weight + norm.bias
+    assert torch.allclose(norm(x), expected)
+    assert torch.allclose(norm(x[torch.randperm(10)]).sort(0).values, norm(x).sort(0).values)
+    assert torch.allclose(norm(x[:1]), norm.bias.unsqueeze(0))  # one point: the bias
+    assert torch.autograd.gradcheck(norm, (x.clone().requires_grad_(True),))
+    with pytest.raises(ValueError, match="x: expected"):
+        norm(torch.randn(4, 2))
+    assert repr(norm) == "PointInstanceNorm(3)"
