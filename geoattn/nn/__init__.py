@@ -4,8 +4,8 @@ from geoattn.nn.glagcn import (H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT, H36M_PARENTS
 from geoattn.nn.local_augmentation import (BranchConcat, LocalAugmenter, UncertaintySelector, combine_augmented,
                                            consistency_loss, row_normalize)
 from geoattn.nn.roitr import (GeometricStructureEmbedding, LearnableLogOptimalTransport, PositionalCrossAttentionBlock,
-                              PPFAttention, PPFAttentionBlock, RotationInvariantTransformer, RPESelfAttentionBlock,
-                              knn_interpolate, ppf_groups)
+                              PointInstanceNorm, PPFAttention, PPFAttentionBlock, RotationInvariantTransformer,
+                              RPESelfAttentionBlock, knn_interpolate, ppf_groups)
 from geoattn.nn.largegt import CodebookGlobalAttention, LargeGTLocalAttention
 from geoattn.nn.scatterformer import (AttentionPillarPooling, CrossWindowInteraction, DepthwiseSparseConv3d,
                                       ScatteredLinearAttention, ScatterFormerBlock, depthwise_sparse_conv)
