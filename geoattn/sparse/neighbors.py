@@ -457,7 +457,8 @@ def fps(
     if num_samples is not None:
         samples = counts.clamp(max=num_samples)
     else:
-        samples = torch.ceil(counts.double() * ratio).long().clamp(max=counts)
+        # ceil(ratio * n), shrunk by 1e-12 first so that 0.1 * 30 = 3.0000000000000004 gives 3, not 4
+        samples = torch.ceil(counts.double() * ratio * (1 - 1e-12)).long().clamp(max=counts)
     chosen = _select_backend(backend, pos, dtypes=(torch.float32,))
     with torch.no_grad():
         if chosen == "open3d":
