@@ -10,13 +10,18 @@ squared Euclidean distance
 (summed in that order, in the input dtype), and equal distances are broken by the smaller support index.
 The selected set is therefore unique even when ties straddle the ``k``-th place.
 
-Backends (chosen per call):
+Backends (chosen per call; ``backend=`` overrides, ``GEOATTN_BACKEND=naive`` forces ``"torch"``):
 
-* ``"open3d"``: ``open3d.ml.torch.ops`` (kd-tree knn, FPS), used for CPU float32/float64 inputs when
-  :func:`geoattn.backends.open3d_ops` finds it. One call per batch (row splits), then an O(M k) pass that
-  imposes the tie rule; the rare rows whose ``k``-th and ``(k+1)``-th distances tie are recomputed exactly.
-* ``"torch"``: blocked brute force (exact distances on query blocks of bounded memory, then ``topk``),
-  any device and dtype. ``GEOATTN_BACKEND=naive`` forces it.
+* ``"open3d"``: ``open3d.ml.torch.ops`` (kd-tree knn, FPS), used for CPU float32/float64 inputs (FPS:
+  float32) when :func:`geoattn.backends.open3d_ops` finds it. One kd-tree call per batch (row splits) for
+  ``k + 1`` neighbours, then an O(M k) numpy pass that imposes the tie rule; the rare rows whose ``k``-th
+  and ``(k+1)``-th distances tie are redone exactly (numpy brute force for a few rows, else one kd-tree
+  radius search).
+* ``"torch"``: blocked brute force (exact distances on query blocks of at most ``2**24`` entries, then
+  ``topk``), any device and dtype: the CUDA path and the fallback. It is O(M N) per batch element, so
+  on the CPU it suits clouds up to some ten thousand points; install open3d for whole LiDAR frames.
+
+``grid_subsample`` has one implementation (integer cell keys, a sorted unique, a scatter mean).
 """
 from __future__ import annotations
 

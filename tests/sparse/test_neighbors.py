@@ -443,3 +443,36 @@ def test_knn_dist2_with_gradients_equals_plain():
     plain = knn(support, query, 6)[1]
     tracked = knn(support.requires_grad_(), query, 6)[1]
     assert tracked.requires_grad and torch.equal(plain, tracked.detach())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    support = torch.cat([grid_points(5), torch.randn(100, 3)])
+    query = torch.cat([grid_points(3) + 0.5, torch.randn(20, 3)])
+    support_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([125, 100]))
+    query_batch = torch.repeat_interleave(torch.arange(2), torch.tensor([27, 20]))
+    cuda = torch.device("cuda")
+    cpu_out = knn(support, query, 9, support_batch, query_batch)
+    gpu_out = knn(support.to(cuda), query.to(cuda), 9, support_batch.to(cuda), query_batch.to(cuda))
+    assert torch.equal(cpu_out[0], gpu_out[0].cpu()) and torch.equal(cpu_out[1], gpu_out[1].cpu())
+    cpu_out = radius(support, query, 1.2, 7, support_batch, query_batch)
+    gpu_out = radius(support.to(cuda), query.to(cuda), 1.2, 7, support_batch.to(cuda), query_batch.to(cuda))
+    assert torch.equal(cpu_out[0], gpu_out[0].cpu()) and torch.equal(cpu_out[1], gpu_out[1].cpu())
+    assert torch.equal(fps(support, ratio=0.2, batch=support_batch),
+                       fps(support.to(cuda), ratio=0.2, batch=support_batch.to(cuda)).cpu())
+    cpu_grid = grid_subsample(support, 0.7, support_batch)
+    gpu_grid = grid_subsample(support.to(cuda), 0.7, support_batch.to(cuda))
+    assert torch.equal(cpu_grid[2], gpu_grid[2].cpu()) and torch.equal(cpu_grid[1], gpu_grid[1].cpu())
+    assert torch.allclose(cpu_grid[0], gpu_grid[0].cpu(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_full_kitti_frame_backends_agree(real_data):
+    """Whole 360-degree frame: knn of every point and FPS to 4096 agree between backends (minutes on CPU)."""
+    if len(BACKENDS) < 2:
+        pytest.skip("open3d.ml.torch not importable: only one backend")
+    points = kitti_frame(real_data)
+    a = knn(points, points, 16, backend="open3d")
+    b = knn(points, points, 16, backend="torch")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(fps(points, 4096, backend="open3d"), fps(points, 4096, backend="torch"))
