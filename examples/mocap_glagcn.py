@@ -16,10 +16,12 @@ Defaults are sized for a shared CPU (about 25 CPU-minutes for both models): 27-f
 (``--filter-widths 3,3,3``), 32 channels, 16 training and 4 held-out cameras (azimuths between the
 training ones, heights 0.6-2.2 m, distances 4.5-6 m), window centres on every 4th frame per camera
 (staggered, so the cameras together cover every frame), flip augmentation, batch 32, Adam (amsgrad,
-lr 2e-3, cosine decay), 30 epochs. 2D inputs are centred on the root joint (the root keeps its absolute
-position), and batch-norm statistics are re-estimated on the training windows after training (both are
-applied to both models; ``--no-centre-2d`` / ``--no-recalibrate-bn`` switch them off). The paper's setting
-is ``--filter-widths 3,3,3,3,3 --channels 96``.
+lr 2e-3, cosine decay), 30 epochs. 2D inputs are taken relative to the root joint: in one clip the
+subject's image position tracks the phase of the motion, and the evaluation part happens where the
+training part never was, so absolute positions invite memorisation (``--input-2d`` picks another input).
+Batch-norm statistics are re-estimated on the training windows after training. Both choices apply to
+both models (``--no-recalibrate-bn`` switches the second off). The paper's setting is
+``--filter-widths 3,3,3,3,3 --channels 96``.
 
 ``--train-bvh`` / ``--eval-bvh`` read BVH files instead (mapped to H36M-17 by joint names; 50 fps).
 Without any input a small synthetic walking sequence is generated so the script can be tried out.
@@ -39,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from geoattn.data.bvh import load_bvh_h36m17
-from geoattn.data.h36m import ChunkedWindows, centre_on_root
+from geoattn.data.h36m import ChunkedWindows, centre_on_root, root_relative
 from geoattn.models import GLAGCN, TemporalConvLifter
 from geoattn.pose.cameras import render_pairs, virtual_cameras
 from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
@@ -59,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--filter-widths", default="3,3,3", help="temporal widths; 3,3,3 = 27 frames")
     parser.add_argument("--channels", type=int, default=32, help="GLA-GCN width (96 in the paper)")
     parser.add_argument("--baseline-channels", type=int, default=None, help="baseline width (default: match params)")
-    parser.add_argument("--no-centre-2d", dest="centre_2d", action="store_false",
-                        help="feed absolute 2D keypoints (default: joints relative to the root, root absolute)")
+    parser.add_argument("--input-2d", choices=["relative", "centred", "absolute"], default="relative",
+                        help="2D input: joints minus the root (relative, default), the same with the root's "
+                             "absolute position kept in its slot (centred), or screen coordinates (absolute)")
     parser.add_argument("--train-cameras", type=int, default=16)
     parser.add_argument("--eval-cameras", type=int, default=4)
     parser.add_argument("--frame-stride", type=int, default=4,
@@ -117,12 +120,16 @@ def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
     return sequences
 
 
-def render(sequences, cameras, centre_2d: bool):
+def render(sequences, cameras, input_2d: str):
     poses_2d, poses_3d = [], []
     for sequence in sequences:
         for camera in cameras:
             two_d, three_d = render_pairs(sequence, camera)
-            poses_2d.append(centre_on_root(two_d) if centre_2d else two_d)
+            if input_2d == "relative":
+                two_d = root_relative(two_d)
+            elif input_2d == "centred":
+                two_d = centre_on_root(two_d)
+            poses_2d.append(two_d)
             poses_3d.append(three_d)
     return poses_2d, poses_3d
 
@@ -183,9 +190,9 @@ def main(argv=None) -> int:
     frames = glagcn.receptive_field()
     baseline_channels = args.baseline_channels or matching_baseline_channels(count_parameters(glagcn), widths)
     baseline = TemporalConvLifter(channels=baseline_channels, filter_widths=widths).to(args.device)
-    train_windows = ChunkedWindows(*render(train_sequences, train_cameras, args.centre_2d), frames, flip=True,
+    train_windows = ChunkedWindows(*render(train_sequences, train_cameras, args.input_2d), frames, flip=True,
                                    frame_stride=args.frame_stride)
-    eval_2d, eval_3d = render(eval_sequences, eval_cameras, args.centre_2d)
+    eval_2d, eval_3d = render(eval_sequences, eval_cameras, args.input_2d)
     eval_windows = ChunkedWindows(eval_2d, eval_3d, frames)
     eval_targets = torch.from_numpy(np.concatenate(eval_3d))
 
@@ -248,7 +255,7 @@ def main(argv=None) -> int:
         "channels": args.channels,
         "baseline_channels": baseline_channels,
         "receptive_field": frames,
-        "centre_2d": args.centre_2d,
+        "input_2d": args.input_2d,
         "recalibrate_bn": args.recalibrate_bn,
         "epochs": args.epochs,
         "train_windows": len(train_windows),
