@@ -375,7 +375,9 @@ class LidarAugmentation:
 
     def __init__(self, operations: Sequence[tuple[str, object]] = ()):
         self.operations: list[tuple[str, object]] = []
-        for name, value in operations:
+        for name, value in operations:  # replay through the recorders, which validate the values
+            if name not in ("flip", "rotate", "scale", "translate"):
+                raise ValueError(f"operations: expected names flip/rotate/scale/translate, got {name!r}")
             getattr(self, name)(value)
 
     # -- recording ------------------------------------------------------------------------------

@@ -400,5 +400,7 @@ def test_errors_name_the_argument():
         LidarAugmentation().scale(-1)
     with pytest.raises(ValueError, match="num: expected None or a non-negative int"):
         random_rotation(-2)
+    with pytest.raises(ValueError, match="operations: expected names flip/rotate/scale/translate, got 'apply_points'"):
+        LidarAugmentation([("apply_points", 1.0)])
     with pytest.raises(ValueError, match=r"boxes: expected a 2-D tensor \[N, >= 7\]"):
         LidarAugmentation().apply_boxes(torch.rand(3, 6))
