@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import os.path as osp
 from pathlib import Path
 
 import numpy as np

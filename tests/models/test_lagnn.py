@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch_geometric.nn import GATConv, GCNConv
 
 from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE, LocalAugmentationWrapper
