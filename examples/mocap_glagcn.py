@@ -43,6 +43,7 @@ from tqdm import tqdm
 from geoattn.data.bvh import load_bvh_h36m17
 from geoattn.data.h36m import ChunkedWindows, centre_on_root, root_relative
 from geoattn.models import GLAGCN, TemporalConvLifter
+from geoattn.pose.augment import random_limb_rotations
 from geoattn.pose.cameras import render_pairs, virtual_cameras
 from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
                                    train_epoch)
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-2d", choices=["relative", "centred", "absolute"], default="relative",
                         help="2D input: joints minus the root (relative, default), the same with the root's "
                              "absolute position kept in its slot (centred), or screen coordinates (absolute)")
+    parser.add_argument("--limb-augment", type=float, default=0.0,
+                        help="each epoch, half of the (sequence, camera) training pairs see a copy of the sequence "
+                             "with hips, knees, shoulders and elbows turned by up to this many degrees (0: off)")
     parser.add_argument("--train-cameras", type=int, default=16)
     parser.add_argument("--eval-cameras", type=int, default=4)
     parser.add_argument("--frame-stride", type=int, default=4,
@@ -120,11 +124,14 @@ def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
     return sequences
 
 
-def render(sequences, cameras, input_2d: str):
+def render(sequences, cameras, input_2d: str, limb_augment: float = 0.0, rng: np.random.Generator | None = None):
     poses_2d, poses_3d = [], []
     for sequence in sequences:
         for camera in cameras:
-            two_d, three_d = render_pairs(sequence, camera)
+            if limb_augment > 0 and rng.random() < 0.5:
+                two_d, three_d = render_pairs(random_limb_rotations(sequence, rng, limb_augment), camera)
+            else:
+                two_d, three_d = render_pairs(sequence, camera)
             if input_2d == "relative":
                 two_d = root_relative(two_d)
             elif input_2d == "centred":
@@ -215,11 +222,17 @@ def main(argv=None) -> int:
     started = time.time()
     for epoch in range(start_epoch, args.epochs):
         record = {"epoch": epoch + 1}
+        epoch_windows = train_windows
+        if args.limb_augment > 0:  # fresh limb rotations every epoch, the same for both models
+            epoch_windows = ChunkedWindows(
+                *render(train_sequences, train_cameras, args.input_2d, args.limb_augment,
+                        np.random.default_rng([args.seed, epoch])),
+                frames, flip=True, frame_stride=args.frame_stride)
         for name, model in models.items():
             set_bn_momentum(model, bn_momentum(epoch, args.epochs))
-            with tqdm(total=len(train_windows), desc=f"{name} {epoch + 1}/{args.epochs}", disable=args.quiet,
+            with tqdm(total=len(epoch_windows), desc=f"{name} {epoch + 1}/{args.epochs}", disable=args.quiet,
                       leave=False) as bar:
-                loss = train_epoch(model, train_windows, optimizers[name], args.batch_size, rng, args.device,
+                loss = train_epoch(model, epoch_windows, optimizers[name], args.batch_size, rng, args.device,
                                    progress=lambda n, value: (bar.update(n), bar.set_postfix(loss=f"{value:.4f}")))
             schedulers[name].step()
             record[f"{name}_train_mpjpe_mm"] = loss * 1000
@@ -257,6 +270,7 @@ def main(argv=None) -> int:
         "receptive_field": frames,
         "input_2d": args.input_2d,
         "recalibrate_bn": args.recalibrate_bn,
+        "limb_augment": args.limb_augment,
         "epochs": args.epochs,
         "train_windows": len(train_windows),
         "eval_frames": eval_windows.num_frames,
