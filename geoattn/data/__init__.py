@@ -9,5 +9,5 @@ from geoattn.data.threedmatch import (ThreeDMatchPairs, read_fragment, read_gt_i
 from geoattn.data.largegt import (LargeGTBatch, LargeGTCollate, LargeGTTokens, precompute_hop_tokens,
                                   precompute_largegt, sample_node_sequences)
 from geoattn.data.kitti import (KITTI_CLASSES, KittiCalibration, KittiFrame, KittiLabels, boxes_camera_to_lidar,
-                                boxes_lidar_to_camera, load_info_pickle, load_kitti_frame, load_mmdet3d_frame, read_calib,
-                                read_image, read_label, read_velodyne)
+                                boxes_lidar_to_camera, load_info_pickle, load_kitti_frame, load_mmdet3d_frame,
+                                read_calib, read_image, read_label, read_velodyne)
