@@ -137,7 +137,7 @@ def reference_two_hop(edge_index, num_nodes):
     return [torch.nonzero(a2[i]).flatten().tolist() for i in range(num_nodes)], a2.sum(1).long()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     num_nodes=st.integers(1, 15),
     num_edges=st.integers(0, 30),
