@@ -153,7 +153,9 @@ class DepthwiseSparseConv3d(nn.Module):
         kernel_size: ``(kz, ky, kx)`` odd sizes (or one odd int).
 
     Shapes: ``x [N, C]`` in window order with ``window`` (its ``sorted_coords`` give the sites) -> ``[N, C]``.
-    The neighbour table is built once per window index and kernel size and cached on it.
+    The neighbour table is built once per window index and kernel size and cached on it. Weights start like a
+    dense ``conv3d(groups=C)`` (uniform, fan-in = kernel volume); the official code draws them from
+    ``randn`` (std 1).
     """
 
     def __init__(self, channels: int, kernel_size: int | Sequence[int]):
@@ -195,7 +197,8 @@ class CrossWindowInteraction(nn.Module):
         window_size: BEV window size ``ws``; the 1-D kernels have length ``ws + 1`` (13 for ``ws = 12``).
         ffn_ratio: hidden width of the MLP in multiples of ``C``.
 
-    Shapes: ``x [N, C]`` in window order -> ``[N, C]``.
+    Shapes: ``x [N, C]`` in window order -> ``[N, C]``. The quarters follow the official code (3-D kernel
+    first); the paper lists the 1-D kernels first, a channel permutation of the same layer.
     """
 
     def __init__(self, channels: int, window_size: int = 12, ffn_ratio: int = 2):
