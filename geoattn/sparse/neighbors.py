@@ -26,6 +26,7 @@ Backends (chosen per call; ``backend=`` overrides, ``GEOATTN_BACKEND=naive`` for
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -56,14 +57,22 @@ def _check_points(name: str, value, dim: int | None = 3) -> None:
 
 
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value)
-        else:
-            raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value}")
-    return value
+    return int(value)
+
+
+def _real_scalar(value) -> float | None:
+    """``value`` as a Python float when it is a real number (Python, numpy or a one-element tensor)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
 
 
 def _check_batch(name: str, batch, num_points: int, device: torch.device) -> int:
@@ -409,10 +418,10 @@ def radius(
         ``(index [M, max_neighbors] long, count [M] long)``; ``index`` is padded with ``-1`` after the
         ``count[i]`` neighbours of query ``i``.
     """
-    if isinstance(r, Tensor):
-        r = float(r)
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+    radius_value = _real_scalar(r)
+    if radius_value is None or not math.isfinite(radius_value) or radius_value <= 0:
         raise ValueError(f"r: expected a positive finite radius, got {r!r}")
+    r = radius_value
     max_neighbors = _check_positive_int("max_neighbors", max_neighbors)
     limit = r * r
     index, dist2 = _knn_search(support, query, max_neighbors, support_batch, query_batch, backend, limit)
@@ -454,8 +463,11 @@ def fps(
         )
     if num_samples is not None:
         num_samples = _check_positive_int("num_samples", num_samples)
-    elif isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio: expected a number in (0, 1], got {ratio!r}")
+    else:
+        ratio_value = _real_scalar(ratio)
+        if ratio_value is None or not 0.0 < ratio_value <= 1.0:
+            raise ValueError(f"ratio: expected a number in (0, 1], got {ratio!r}")
+        ratio = ratio_value
     num_batches = 1 if batch is None else max(_check_batch("batch", batch, pos.size(0), pos.device), 1)
     offsets = _batch_offsets(batch, pos.size(0), num_batches, pos.device)
     counts = offsets[1:] - offsets[:-1]

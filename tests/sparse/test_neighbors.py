@@ -250,6 +250,15 @@ def test_knn_kitti_backends_agree(real_data):
     assert torch.equal(index // 3000, batch[::50, None].expand(-1, 8))
 
 
+def test_scalar_arguments_accept_numpy_and_tensors():
+    support, query = torch.rand(30, 3), torch.rand(5, 3)
+    assert torch.equal(knn(support, query, np.int64(3))[0], knn(support, query, torch.tensor(3))[0])
+    assert torch.equal(radius(support, query, np.float32(0.5), 4)[0], radius(support, query, 0.5, 4)[0])
+    assert torch.equal(fps(support, ratio=np.float64(0.5)), fps(support, ratio=0.5))
+    with pytest.raises(TypeError, match="k: expected a positive int, got 2.5"):
+        knn(support, query, 2.5)
+
+
 def test_neighbor_backend_forced(monkeypatch):
     monkeypatch.setenv("GEOATTN_BACKEND", "naive")
     assert neighbor_backend(torch.rand(3, 3)) == "torch"
