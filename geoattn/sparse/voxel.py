@@ -201,10 +201,12 @@ def voxelize(
 
     device = pos.device
     num_cells = batch_size * z_size * y_size * x_size
+    grouped = None
     if _spconv_grouping_applies(pos, batch, num_cells):
         with torch.no_grad():
-            unique_key, inverse, counts, inside = _group_with_spconv(pos.detach(), voxel_size, point_range,
-                                                                     spatial_shape)
+            grouped = _group_with_spconv(pos.detach(), voxel_size, point_range, spatial_shape)
+    if grouped is not None:
+        unique_key, inverse, counts, inside = grouped
         num_voxels = int(unique_key.shape[0])
     else:
         unique_key, inverse, counts, inside, num_voxels = _group_with_sort(pos, batch, voxel_size, point_range,
@@ -298,7 +300,8 @@ def _group_with_spconv(pos, voxel_size, point_range, spatial_shape):
     """Grouping through ``spconv.pytorch.utils.PointToVoxel`` (CPU, one batch element), then voxels sorted.
 
     The generator owns a dense cell table sized by the grid; it is cached per configuration and grown when a
-    cloud has more points than its voxel capacity. Same outputs as :func:`_group_with_sort`.
+    cloud has more points than its voxel capacity. Same outputs as :func:`_group_with_sort`, or ``None`` when
+    spconv's grid differs from :func:`grid_shape` (then the caller sorts).
     """
     from spconv.pytorch.utils import PointToVoxel
 
@@ -314,6 +317,10 @@ def _group_with_spconv(pos, voxel_size, point_range, spatial_shape):
         if len(_spconv_generators) >= 4:
             _spconv_generators.pop(next(iter(_spconv_generators)))
         _spconv_generators[config] = generator
+    if tuple(int(n) for n in generator.grid_size) != tuple(spatial_shape):
+        # spconv rounds a partial last cell up (a range that is not a multiple of the voxel size); geoattn's
+        # grid (see grid_shape) rounds to nearest, so such configurations take the sort path
+        return None
     _, cells_zyx, _, point_voxel = generator.generate_voxel_with_id(pos.contiguous(), clear_voxels=False)
     num_voxels = cells_zyx.shape[0]
     # int32 keys (the grid has < 2**27 cells here) sort faster; the int32 cast also copies the generator's buffer

@@ -289,3 +289,12 @@ def test_submanifold_neighbors_brute_force():
     with pytest.raises(ValueError, match="kernel_size"):
         submanifold_neighbors(coords, (2, 3, 3))
     assert submanifold_neighbors(coords[:0], (3, 3, 3)).shape == (27, 0)
+
+
+def test_range_not_a_multiple_of_the_voxel_size(grouping):
+    # 2.0 / 0.8 = 2.5 cells: the grid rounds to 2 and the partial cell is outside on every path
+    pos, feats = random_cloud(200, extent=1.0)
+    result = voxelize(pos, 0.8, [-1, -1, -1, 1, 1, 1], features=feats)
+    assert result.spatial_shape == (2, 2, 2)
+    check_against_reference(result, pos, [0.8] * 3, [-1, -1, -1, 1, 1, 1], feats)
+    assert bool((result.coords[:, 1:] < 2).all())
