@@ -42,7 +42,10 @@ class RoITrConfig:
     rescales inputs so that the user's voxel size maps onto it. ``point_norm`` is the normalisation after
     each encoder transition and in the decoder MLPs: ``"layer"`` (the paper) or ``"instance"``
     (:class:`~geoattn.nn.roitr.PointInstanceNorm`, statistics over the points; the small CPU config uses
-    it because it trains far faster from constant input features).
+    it because it trains far faster from constant input features). ``transformer_skip`` adds a linear
+    map of the encoder's superpoint features to the global transformer's output (the small config uses it:
+    in short CPU training the stacked global attention otherwise learns to average all superpoints of a
+    cloud into one descriptor).
     """
 
     channels: tuple[int, ...] = (64, 128, 256, 256)
@@ -64,6 +67,7 @@ class RoITrConfig:
     voxel_size: float = 0.025
     max_superpoints: int = 2048
     point_norm: str = "layer"
+    transformer_skip: bool = False
 
     def __post_init__(self) -> None:
         lengths = {len(self.channels), len(self.neighbors), len(self.blocks), len(self.strides)}
@@ -86,7 +90,7 @@ class RoITrConfig:
         used for the shipped checkpoint."""
         params = dict(channels=(32, 64, 128, 128), blocks=(1, 1, 1, 1), strides=(1, 4, 4, 2), transformer_channels=128,
                       transformer_blocks=("self", "cross") * 2, coarse_channels=128, fine_channels=64,
-                      voxel_size=0.05, sigma_d=0.4, point_norm="instance")
+                      voxel_size=0.05, sigma_d=0.4, point_norm="instance", transformer_skip=True)
         params.update(overrides)
         return cls(**params)
 
@@ -177,6 +181,8 @@ class RoITr(nn.Module):
             blocks=config.transformer_blocks, sigma_d=config.sigma_d, sigma_a=config.sigma_a,
             angle_k=config.angle_k, max_points=config.max_superpoints,
         )
+        self.transformer_skip = (nn.Linear(last, config.transformer_channels) if config.transformer_skip
+                                 else None)
         self.coarse_proj = nn.Linear(config.transformer_channels, config.coarse_channels)
         self.fine_proj = nn.Linear(channels[0], config.fine_channels)
         self.optimal_transport = LearnableLogOptimalTransport(config.sinkhorn_iterations)
@@ -244,6 +250,9 @@ class RoITr(nn.Module):
         tgt = self.encode(tgt_pos, tgt_normal)
         src_nodes, tgt_nodes = src.levels[-1].pos, tgt.levels[-1].pos
         src_coarse, tgt_coarse = self.transformer(src_nodes, src.superpoint_feats, tgt_nodes, tgt.superpoint_feats)
+        if self.transformer_skip is not None:
+            src_coarse = src_coarse + self.transformer_skip(src.superpoint_feats)
+            tgt_coarse = tgt_coarse + self.transformer_skip(tgt.superpoint_feats)
         src_coarse = nn.functional.normalize(self.coarse_proj(src_coarse), dim=1)
         tgt_coarse = nn.functional.normalize(self.coarse_proj(tgt_coarse), dim=1)
         return RoITrOutput(

@@ -110,6 +110,7 @@ def test_paper_config_defaults():
     assert config.strides == (1, 4, 4, 4) and config.transformer_blocks == ("self", "cross") * 3
     assert RoITrConfig(**config.to_dict()) == config
     assert config.point_norm == "layer" and RoITrConfig.small().point_norm == "instance"
+    assert not config.transformer_skip and RoITrConfig.small().transformer_skip
     layer_model = RoITr(RoITrConfig(channels=(8, 8), neighbors=(4, 4), blocks=(1, 1), strides=(1, 2),
                                     transformer_channels=8, transformer_heads=2, heads=2, decoder_heads=2))
     pts = torch.rand(40, 3)
