@@ -128,7 +128,8 @@ def offsets_from_index(index: Tensor, num_segments: int | None = None) -> Tensor
     if index.numel() == 0:
         return index.new_zeros(num_segments + 1, dtype=torch.long)
     # One binary-search pass (what torch's sparse COO->CSR conversion does), cheaper than bincount + cumsum.
-    return torch._convert_indices_from_coo_to_csr(index, num_segments, out_int32=False)
+    # The conversion reads the raw buffer, so a strided view must be made contiguous first.
+    return torch._convert_indices_from_coo_to_csr(index.contiguous(), num_segments, out_int32=False)
 
 
 def index_from_offsets(offsets: Tensor) -> Tensor:

@@ -126,6 +126,11 @@ def test_index_offsets_round_trip_and_trailing_empty():
     assert offsets_from_index(index.int(), num_segments=5).tolist() == offsets.tolist()
 
 
+def test_offsets_from_strided_index():
+    batch = torch.repeat_interleave(torch.arange(2), 3000)
+    assert offsets_from_index(batch[::50], 2).tolist() == [0, 60, 120]
+
+
 def test_debug_checks_catch_unsorted_and_out_of_range_index(monkeypatch):
     monkeypatch.setenv("GEOATTN_DEBUG", "1")
     with pytest.raises(ValueError, match="sorted"):
