@@ -19,9 +19,16 @@ training ones, heights 0.6-2.2 m, distances 4.5-6 m), window centres on every 4t
 lr 2e-3, cosine decay), 30 epochs. 2D inputs are taken relative to the root joint: in one clip the
 subject's image position tracks the phase of the motion, and the evaluation part happens where the
 training part never was, so absolute positions invite memorisation (``--input-2d`` picks another input).
-Batch-norm statistics are re-estimated on the training windows after training. Both choices apply to
-both models (``--no-recalibrate-bn`` switches the second off). The paper's setting is
+Each epoch, half of the training (sequence, camera) pairs are rendered from a copy of the sequence
+whose hips, knees, shoulders and elbows are turned by up to 25 degrees (``--limb-augment``).
+Batch-norm statistics are re-estimated on the training windows after training. All of this applies
+to both models (``--no-recalibrate-bn`` switches the last off). The paper's setting is
 ``--filter-widths 3,3,3,3,3 --channels 96``.
+
+Measured with the command above (seed 0, one shared CPU core, about 20 minutes): GLA-GCN 78.1 mm
+MPJPE / 51.8 mm P-MPJPE against 89.3 / 60.0 mm for the baseline (100,460 vs 101,712 parameters).
+The same GLA-GCN reaches 43.5 mm on the *training* frames seen from the held-out cameras: the error
+on the last 30 % comes from poses (the final stop and stance) that the first 70 % does not contain.
 
 ``--train-bvh`` / ``--eval-bvh`` read BVH files instead (mapped to H36M-17 by joint names; 50 fps).
 Without any input a small synthetic walking sequence is generated so the script can be tried out.
@@ -65,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-2d", choices=["relative", "centred", "absolute"], default="relative",
                         help="2D input: joints minus the root (relative, default), the same with the root's "
                              "absolute position kept in its slot (centred), or screen coordinates (absolute)")
-    parser.add_argument("--limb-augment", type=float, default=0.0,
+    parser.add_argument("--limb-augment", type=float, default=25.0,
                         help="each epoch, half of the (sequence, camera) training pairs see a copy of the sequence "
                              "with hips, knees, shoulders and elbows turned by up to this many degrees (0: off)")
     parser.add_argument("--train-cameras", type=int, default=16)
