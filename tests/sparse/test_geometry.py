@@ -404,3 +404,37 @@ def test_errors_name_the_argument():
         LidarAugmentation([("apply_points", 1.0)])
     with pytest.raises(ValueError, match=r"boxes: expected a 2-D tensor \[N, >= 7\]"):
         LidarAugmentation().apply_boxes(torch.rand(3, 6))
+
+
+def test_closed_form_smallest_eigenvector_matches_eigh_including_degenerate_cases():
+    from geoattn.sparse.geometry import _smallest_eigenvector_3x3
+
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(500, 16, 3, generator=generator, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.05],
+                                                                                            dtype=torch.float64)
+    centred = points - points.mean(1, keepdim=True)
+    covariance = centred.transpose(1, 2) @ centred / 16
+    line = torch.diag(torch.tensor([4.0, 0.0, 0.0], dtype=torch.float64))  # two zero eigenvalues
+    isotropic = torch.eye(3, dtype=torch.float64)
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    covariance = torch.cat([covariance, line[None], isotropic[None], zero[None]])
+    vectors = _smallest_eigenvector_3x3(covariance)
+    assert torch.isfinite(vectors).all()
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(len(vectors), dtype=torch.float64))
+    expected = torch.linalg.eigh(covariance[:500]).eigenvectors[:, :, 0]
+    torch.testing.assert_close((vectors[:500] * expected).sum(1).abs(), torch.ones(500, dtype=torch.float64))
+    # degenerate rows: any unit vector of the smallest eigenspace is right
+    assert abs(float(vectors[500, 0])) < 1e-9
+    residual = covariance[500:] @ vectors[500:, :, None]
+    smallest = torch.linalg.eigvalsh(covariance[500:])[:, 0]
+    torch.testing.assert_close(residual.squeeze(-1), smallest[:, None] * vectors[500:])
+
+
+def test_point_pair_features_same_values_with_and_without_autograd():
+    generator = torch.Generator().manual_seed(4)
+    pos_i, pos_j = torch.randn(2, 64, 3, generator=generator)
+    normal_i, normal_j = torch.nn.functional.normalize(torch.randn(2, 64, 3, generator=generator), dim=-1)
+    pos_j[0] = pos_i[0]  # a point paired with itself
+    plain = point_pair_features(pos_i, normal_i, pos_j, normal_j)
+    tracked = point_pair_features(pos_i.requires_grad_(), normal_i, pos_j, normal_j)
+    assert torch.equal(plain, tracked.detach())
