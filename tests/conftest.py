@@ -42,3 +42,13 @@ def real_data() -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """Tests use small tensors, where intra-op threads cost more than they give (and on a busy machine
+    their spinning slows small ops by orders of magnitude); examples and benchmarks keep torch's default."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

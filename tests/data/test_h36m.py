@@ -13,15 +13,6 @@ from geoattn.data.h36m import (H36M_32_TO_17, Camera, ChunkedWindows, camera_to_
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT, H36M_PARENTS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run far faster on one intra-op thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_pickled_npz(path, **entries):
     np.savez_compressed(path, **{k: np.array(v, dtype=object) for k, v in entries.items()})
 

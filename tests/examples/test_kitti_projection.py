@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kitti_projection.py"
 
@@ -16,15 +15,7 @@ def example():
     return module
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def test_example_writes_overlay_and_metrics(example, real_data, tmp_path, capsys, one_thread):
+def test_example_writes_overlay_and_metrics(example, real_data, tmp_path, capsys):
     output = tmp_path / "overlay.png"
     example.main(["--root", str(real_data / "fusion"), "--frame", "000008", "--augment", "--render", str(output),
                   "--json"])

@@ -5,15 +5,6 @@ from geoattn.models import GLAGCN, TemporalConvLifter
 from geoattn.models.glagcn import receptive_field
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run far faster on one intra-op thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -13,15 +13,6 @@ from geoattn.sparse.voxel import voxelize
 POINT_RANGE = [0, -40, -3, 70.4, 40, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin badly on a shared, oversubscribed CPU; these small ops run best on one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _boxes(num, generator):
     boxes = torch.rand(num, 7, generator=generator, dtype=torch.float64)
     boxes[:, :3] = boxes[:, :3] * 10 - 5

@@ -5,15 +5,6 @@ from geoattn.nn import (H36M_PARENTS, AdaptiveGraphConv, GraphTemporalUnit, PerJ
                         StridedGraphTemporalBlock, TemporalConv, adjacency_subsets, skeleton_edge_index)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run far faster on one intra-op thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def h36m_adjacency():
     return adjacency_subsets(skeleton_edge_index(H36M_PARENTS), len(H36M_PARENTS))
 

@@ -14,15 +14,6 @@ from geoattn.sparse.geometry import LidarAugmentation
 from geoattn.sparse.voxel import voxelize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin badly on a shared, oversubscribed CPU; these small ops run best on one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def frame8(real_data):
     return load_mmdet3d_frame(real_data / "fusion" / "000008.pkl", load_image=False)

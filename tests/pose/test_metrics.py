@@ -6,15 +6,6 @@ from geoattn.data.h36m import flip_pose
 from geoattn.pose.metrics import auc, joint_errors, mpjpe, n_mpjpe, p_mpjpe, pck, procrustes_align
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run far faster on one intra-op thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def real_poses(real_data):
     return torch.from_numpy(np.load(real_data / "pose/mmpose_h36m/test_h36m_body3d.npz")["S"][..., :3])
 

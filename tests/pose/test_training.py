@@ -1,20 +1,10 @@
 import numpy as np
-import pytest
 import torch
 
 from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.models import GLAGCN
 from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
                                     train_epoch)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops run far faster on one intra-op thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MirrorConsistent(torch.nn.Module):

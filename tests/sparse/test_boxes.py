@@ -8,15 +8,6 @@ from hypothesis import strategies as st
 from geoattn.sparse.boxes import (box_corners, boxes_iou3d, boxes_iou_bev, limit_angle, points_in_boxes,
                                   points_in_boxes_pairs, points_to_box_frame)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Intra-op threads spin badly on a shared, oversubscribed CPU; these small ops run best on one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 
 def _random_boxes(num, generator, spread=2.0):
     centre = (torch.rand(num, 3, generator=generator, dtype=torch.float64) - 0.5) * spread
