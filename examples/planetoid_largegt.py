@@ -77,14 +77,10 @@ def save_checkpoint(path: str, state: dict) -> None:
 
 
 @torch.no_grad()
-def accuracy(model, collate, nodes, labels, batch_size, device) -> float:
+def accuracy(model, batch, device) -> float:
     model.eval()
-    correct = 0
-    for start in range(0, nodes.numel(), batch_size):
-        batch = collate(nodes[start : start + batch_size])
-        logits = model(batch.tokens.to(device), node_index=batch.nodes.to(device))
-        correct += int((logits.argmax(-1).cpu() == labels[batch.nodes]).sum())
-    return correct / max(nodes.numel(), 1)
+    logits = model(batch.tokens.to(device), node_index=batch.nodes.to(device))
+    return float((logits.argmax(-1).cpu() == batch.y).float().mean()) if batch.nodes.numel() else 0.0
 
 
 def run_once(args, data, workdir: Path, run: int, state: dict | None):
@@ -102,6 +98,8 @@ def run_once(args, data, workdir: Path, run: int, state: dict | None):
     train_nodes = data.train_mask.nonzero().flatten()
     val_nodes = data.val_mask.nonzero().flatten()
     test_nodes = data.test_mask.nonzero().flatten()
+    # evaluation uses fixed sequences (the stored table; epoch 0's draw with --resample), gathered once
+    val_batch, test_batch = collate(val_nodes), collate(test_nodes)
     start_epoch, best_val, best_state, since_best = 0, -1.0, None, 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -124,8 +122,7 @@ def run_once(args, data, workdir: Path, run: int, state: dict | None):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        collate.set_epoch(0)  # evaluate on the stored table
-        val = accuracy(model, collate, val_nodes, data.y, 1024, device)
+        val = accuracy(model, val_batch, device)
         if val > best_val:
             best_val, since_best = val, 0
             best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
@@ -138,8 +135,7 @@ def run_once(args, data, workdir: Path, run: int, state: dict | None):
                                               "best_state": best_state, "since_best": since_best,
                                               "results": getattr(args, "_results", [])})
     model.load_state_dict(best_state)
-    collate.set_epoch(0)
-    test = accuracy(model, collate, test_nodes, data.y, 1024, device)
+    test = accuracy(model, test_batch, device)
     return {"seed": seed, "val_acc": best_val, "test_acc": test}
 
 
