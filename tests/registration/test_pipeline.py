@@ -92,3 +92,16 @@ def test_prepare_cloud_errors():
         prepare_cloud(torch.rand(10, 3) * 1e-3, 1.0)
     pos, normal = prepare_cloud(torch.rand(500, 3), 0.05, scale=2.0, max_points=100)
     assert pos.shape == (100, 3) and torch.allclose(normal.norm(dim=1), torch.ones(100))
+
+
+def test_shipped_checkpoint_loads_and_is_small():
+    from geoattn.registration.pipeline import default_weights_path
+
+    path = default_weights_path()
+    if not path.is_file():
+        pytest.skip("no shipped checkpoint in this checkout")
+    assert path.stat().st_size <= 20 * 1024 * 1024
+    shipped = load_roitr()
+    assert shipped.config.voxel_size == 0.05 and not shipped.training
+    meta = torch.load(path, weights_only=True)["meta"]
+    assert meta["data"] == "synthetic"
