@@ -378,8 +378,11 @@ def project_to_image(
         raise ValueError(f"image_hw: expected (H, W) or [{num_views}, 2], got shape {tuple(hw.shape)}")
     single = lidar2img.dim() == 2
     matrix = matrix.unsqueeze(0) if single else matrix
-    # [V, N, 4] homogeneous image coordinates; the fourth row of lidar2img is not needed
-    camera = points @ matrix[:, :3, :3].transpose(-1, -2) + matrix[:, None, :3, 3]
+    # [V, N, 3] homogeneous image coordinates (the fourth row of lidar2img is not needed), one fused
+    # multiply-add per camera
+    camera = torch.baddbmm(
+        matrix[:, None, :3, 3], points.expand(num_views, -1, -1), matrix[:, :3, :3].transpose(-1, -2)
+    )
     depth = camera[..., 2]
     in_front = depth > eps
     safe_depth = torch.where(in_front, depth, torch.ones_like(depth))

