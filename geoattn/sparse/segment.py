@@ -161,8 +161,9 @@ def _segment_reduce(src: Tensor, offsets: Tensor, reduce: str) -> Tensor:
         out = src.new_zeros((num_segments,) + tuple(src.shape[1:]))
         if reduce == "sum":
             return out.index_add_(0, index, src)
-        # include_self=False leaves empty segments at their initial 0.
-        return out.scatter_reduce(0, _broadcast_index(index, src), src, "a" + reduce, include_self=False)
+        # In place on a fresh buffer (no copy; autograd records it); include_self=False leaves empty
+        # segments at their initial 0.
+        return out.scatter_reduce_(0, _broadcast_index(index, src), src, "a" + reduce, include_self=False)
     out = torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
     if reduce in ("max", "min"):
         # Empty segments come back as -inf/+inf; define them as 0 (a copy only when autograd needs it).
@@ -250,7 +251,7 @@ def _scatter_extreme(src: Tensor, index: Tensor, dim_size: int | None, reduce: s
         return _torch_scatter.scatter(src, index.long(), dim=0, dim_size=dim_size, reduce=reduce)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     # include_self=False leaves empty groups at their initial 0.
-    return out.scatter_reduce(0, _broadcast_index(index, src), src, "a" + reduce, include_self=False)
+    return out.scatter_reduce_(0, _broadcast_index(index, src), src, "a" + reduce, include_self=False)
 
 
 def scatter_max(src: Tensor, index: Tensor, dim_size: int | None = None) -> Tensor:
