@@ -67,6 +67,16 @@ def test_segment_matches_reference_with_empty_segments(reduce, intra_op_threads)
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+def test_segment_wide_rows_match_reference(reduce, intra_op_threads):
+    """Rows of >= 32 values take the scatter kernels when several threads are available."""
+    offsets = random_offsets([2, 0, 5, 1])
+    index = index_from_offsets(offsets)
+    src = torch.randn(8, 40, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(SEGMENT_FNS[reduce](src, offsets), reference_reduce(src.detach(), index, 4, reduce))
+    assert torch.autograd.gradcheck(lambda x: SEGMENT_FNS[reduce](x, offsets), (src,))
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
 def test_scatter_matches_reference_unsorted(reduce):
     index = torch.tensor([4, 0, 4, 1, 0, 6, 6, 6, 0, 4])
     src = torch.randn(10, 3)
