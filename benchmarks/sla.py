@@ -209,7 +209,7 @@ def memory_probe(args, window, q, k, v, grad):
 def peak_rss_mb() -> float:
     """This process's peak resident set: VmHWM (reset by exec, unlike ru_maxrss, which a child inherits)."""
     try:
-        with open("/proc/self/status") as status:
+        with open(Path("/proc") / "self" / "status") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return float(line.split()[1]) / 1024

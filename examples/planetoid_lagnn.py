@@ -22,7 +22,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE
 from geoattn.nn import LocalAugmenter, UncertaintySelector, consistency_loss, row_normalize
 
@@ -101,16 +101,6 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
-
-
-def load_planetoid(root: Path, name: str, workdir: Path):
-    from torch_geometric.datasets import Planetoid
-
-    raw = root / name / "raw"
-    if not raw.is_dir():
-        raise FileNotFoundError(f"--root: {raw} not found; it must hold the Planetoid files ind.{name.lower()}.*")
-    shutil.copytree(raw, workdir / name / "raw")
-    return Planetoid(str(workdir), name)[0]
 
 
 def build_model(args, hp, num_features, num_classes, la: bool):

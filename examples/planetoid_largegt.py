@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from geoattn.data import LargeGTCollate, precompute_largegt
+from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LargeGT
 from geoattn.sparse import csr_from_edge_index
 
@@ -58,18 +58,6 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--json", action="store_true", help="print a final JSON line")
     return parser.parse_args(argv)
-
-
-def load_planetoid(root: Path, name: str, workdir: Path):
-    from torch_geometric.datasets import Planetoid
-
-    raw = root / name / "raw"
-    if not raw.is_dir():
-        raise FileNotFoundError(f"--root: {raw} not found (expected the Planetoid ind.{name.lower()}.* files there)")
-    shutil.copytree(raw, workdir / name / "raw")
-    # raw binary bag-of-words: the token encoder has no normalisation, and row-normalised features are so
-    # small that its dropout noise (on bias-dominated activations) drowns the signal
-    return Planetoid(str(workdir), name, split="public")[0]
 
 
 def save_checkpoint(path: str, state: dict) -> None:
