@@ -42,8 +42,8 @@ class Recorder:
     def compare(self, name: str, geoattn_fn, baselines: dict, check=None, informational: dict | None = None) -> None:
         """Time ``geoattn_fn`` and every baseline in ``baselines`` (name -> callable or None); keep the fastest.
 
-        Candidates run round-robin, one call each per round, so load changes on the machine hit all of them
-        alike; each gets one untimed warm-up call. ``check(geoattn_out, baseline_out)`` asserts that a
+        Candidates run round-robin, one call each per round in a rotating order, so load changes on the
+        machine hit all of them alike; each gets one untimed warm-up call. ``check(geoattn_out, baseline_out)`` asserts that a
         baseline computes the same thing. ``informational`` callables compute less than geoattn (so they are
         not valid baselines); they are timed in the same rounds and reported under ``not_comparable_ms``.
         """
@@ -55,10 +55,14 @@ class Recorder:
             if check is not None and baseline_name in baselines:
                 check(reference, out)
         times = {key: [] for key in candidates}
-        for _ in range(self.repeats):
-            for key, fn in candidates.items():
+        keys = list(candidates)
+        for round_index in range(self.repeats):
+            # Rotate the order every round: a candidate that follows a heavily threaded one inherits its
+            # still-spinning OpenMP workers, and a fixed order would charge that to the same candidate each time.
+            shift = round_index % len(keys)
+            for key in keys[shift:] + keys[:shift]:
                 start = time.perf_counter()
-                fn()
+                candidates[key]()
                 times[key].append(time.perf_counter() - start)
         medians = {key: statistics.median(values) * 1e3 for key, values in times.items()}
         geoattn_ms = medians.pop("geoattn")
