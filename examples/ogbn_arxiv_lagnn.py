@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from geoattn.data import load_ogb_node_dataset, ogb_evaluator, ogb_node_split, write_synthetic_ogb_node_dataset
 from geoattn.models import LAGCN, LASAGE
 from geoattn.nn import LocalAugmenter, consistency_loss
+from geoattn.registration.io import atomic_write_bytes
 
 SAMPLES = {"gcn": 2, "sage": 4}  # K of the paper (Table 11)
 
@@ -106,13 +106,6 @@ def train_run(args, data, split, evaluator, augmenter, seed, device, la):
     return best
 
 
-def write_atomic(path: Path, payload: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        json.dump(payload, file)
-    os.replace(temporary, path)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -162,7 +155,7 @@ def main(argv=None) -> dict:
             print(f"run {run}: test {result['test_acc']:.4f} valid {result['valid_acc']:.4f} "
                   f"epoch {result['epoch']} ({result['seconds']:.1f} s)", file=sys.stderr)
         if checkpoint is not None:
-            write_atomic(checkpoint, {"args": vars(args), "runs": runs})
+            atomic_write_bytes(checkpoint, json.dumps({"args": vars(args), "runs": runs}).encode())
 
     test = torch.tensor([r["test_acc"] for r in runs]) * 100
     valid = torch.tensor([r["valid_acc"] for r in runs]) * 100

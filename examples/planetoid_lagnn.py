@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE
 from geoattn.nn import LocalAugmenter, UncertaintySelector, consistency_loss, row_normalize
+from geoattn.registration.io import atomic_write_bytes
 
 # The paper's hyper-parameters (Tables 10/11) for the LA models; the baselines use their own papers'
 # settings (Kipf & Welling GCN, Velickovic et al. GAT, Chen et al. GCNII, GraphSAGE as GCN).
@@ -212,13 +212,6 @@ def train_run(args, hp, data, augmenter, seed, device, la):
     return best
 
 
-def write_atomic(path: Path, payload: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        json.dump(payload, file)
-    os.replace(temporary, path)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -255,7 +248,7 @@ def main(argv=None) -> dict:
             print(f"run {run}: test {result['test_acc']:.4f} val {result['val_acc']:.4f} epoch {result['epoch']} "
                   f"({result['seconds']:.1f} s, {result['cpu_seconds']:.1f} s CPU)", file=sys.stderr, flush=True)
         if checkpoint is not None:
-            write_atomic(checkpoint, {"args": vars(args), "runs": runs})
+            atomic_write_bytes(checkpoint, json.dumps({"args": vars(args), "runs": runs}).encode())
 
     test = torch.tensor([r["test_acc"] for r in runs]) * 100
     val = torch.tensor([r["val_acc"] for r in runs]) * 100
