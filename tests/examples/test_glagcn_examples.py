@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -6,14 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_mocap_example_synthetic_train_resume(tmp_path, capsys):

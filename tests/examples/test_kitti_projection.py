@@ -1,18 +1,13 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kitti_projection.py"
+from tests.examples import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("kitti_projection_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("kitti_projection")
 
 
 def test_example_writes_overlay_and_metrics(example, real_data, tmp_path, capsys):

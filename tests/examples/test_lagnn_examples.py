@@ -1,20 +1,11 @@
 """examples/planetoid_lagnn.py (real Cora, tiny settings, resume) and examples/ogbn_arxiv_lagnn.py (synthetic OGB)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):

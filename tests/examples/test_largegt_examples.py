@@ -1,7 +1,6 @@
 """examples/ogb_largegt.py (single process, resume, 2-process DDP on CPU) and examples/planetoid_largegt.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.examples import EXAMPLES, load_example
+
 pytest.importorskip("ogb")
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 SMALL = ["--synthetic-nodes", "200", "--K", "4", "--hidden", "8", "--num-centroids", "8", "--global-channels", "4",

@@ -1,19 +1,14 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "logonet_head_overfit.py"
+from tests.examples import load_example
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("logonet_head_overfit_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("logonet_head_overfit")
 
 
 def test_example_trains_checkpoints_and_resumes(example, real_data, tmp_path, capsys):

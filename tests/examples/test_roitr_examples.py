@@ -1,26 +1,16 @@
 """examples/train_roitr_3dmatch.py: a two-step synthetic run writes, exports and resumes checkpoints."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from geoattn.registration.pipeline import load_roitr
-
-_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_roitr_3dmatch.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("train_roitr_3dmatch", _EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.examples import load_example
 
 
 def test_two_steps_export_and_resume(tmp_path, capsys):
-    example = _load()
+    example = load_example("train_roitr_3dmatch")
     common = ["--pairs", "1", "--val-pairs", "0", "--max-points", "256", "--patch-pairs", "4", "--threads", "1",
               "--out", str(tmp_path / "run.ckpt"), "--export", str(tmp_path / "w.pt"), "--cache",
               str(tmp_path / "pool.pt"), "--json"]
