@@ -14,6 +14,7 @@ def test_quickstart_has_exactly_two_commands():
     commands = quickstart_commands()
     assert len(commands) == 2
     assert "pip install torch==2.13.0" in commands[0] and "pytest" in commands[1]
+    assert commands[0].endswith("geoattn register --demo")
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
