@@ -295,6 +295,21 @@ def _storage_dtype(dtype) -> tuple[np.dtype, str]:
     return np.dtype(name), name
 
 
+def _feature_chunks(num_rows: int, chunk_size: int, progress: bool, desc: str):
+    starts = range(0, num_rows, chunk_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="chunk")
+    return ((start, min(start + chunk_size, num_rows)) for start in starts)
+
+
+def _scratch_map(path: Path, rows: int, columns: int) -> tuple[np.memmap, Tensor]:
+    """A writable float32 ``[rows, columns]`` memory map at ``path`` and a tensor view of it (no copy)."""
+    array = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, columns))
+    return array, torch.from_numpy(array)
+
+
 def precompute_hop_tokens(
     x: Tensor,
     graph: CSRGraph | Tensor,
@@ -306,32 +321,54 @@ def precompute_hop_tokens(
 ) -> np.memmap:
     r"""Write ``[N, 3, F]`` hop tokens :math:`(X, \hat A X, \hat A^2 X)` to ``path`` (raw little-endian array).
 
-    Memory: ``x``, one ``[N, F]`` float32 hop and the graph's edge weights stay in RAM; the 2-hop
-    features and the output are produced ``chunk_size`` rows at a time and streamed to disk (written to
-    ``path + '.tmp'`` and renamed when complete). Returns a read-only memory map of the result.
+    Streamed in ``chunk_size``-row chunks through memory maps, so no ``[N, F]`` array is ever held in RAM
+    besides the one backing ``x``, which may itself be a memory map (``torch.from_numpy(np.memmap(...))``;
+    its pages are read on demand and can be evicted by the OS):
+
+    1. if ``x`` is not float32, it is converted chunk by chunk into a float32 scratch map;
+    2. :math:`\hat A X` is computed chunk by chunk (rows ``start:end`` of the sparse product read the
+       rows of ``X`` they need) into a float32 scratch map ``path + '.hop1.tmp'``;
+    3. :math:`\hat A^2 X` rows are computed the same way from that map, and each chunk of
+       ``[X, \hat A X, \hat A^2 X]`` rows is appended to ``path + '.tmp'``, renamed to ``path`` when complete.
+
+    Resident memory beyond the graph and its edge weights is ``O(chunk_size * F)`` plus evictable page
+    cache; disk needs the output plus one ``N x F`` float32 scratch file (two when ``x`` is not float32),
+    deleted at the end. The result equals the in-memory :func:`~geoattn.sparse.graph.hop_features`.
+    Returns a read-only memory map of the result.
     """
     np_dtype, _ = _storage_dtype(dtype)
     graph = _check_csr(graph, x.size(0) if isinstance(x, Tensor) and x.dim() == 2 else None)
     if not isinstance(x, Tensor) or x.dim() != 2 or x.size(0) != graph.num_nodes:
         raise ValueError(f"x: expected a 2-D tensor [N, F] with N={graph.num_nodes}, got {getattr(x, 'shape', x)!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
     num_nodes, num_features = x.shape
     adjacency = NormalizedAdjacency(graph, num_nodes, torch.float32)
-    x32 = x if x.dtype == torch.float32 else x.float()
-    hop1 = adjacency(x32)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    starts = range(0, num_nodes, chunk_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="hop features", unit="chunk")
-    with open(tmp, "wb") as handle:
-        for start in starts:
-            end = min(start + chunk_size, num_nodes)
-            block = torch.stack([x32[start:end], hop1[start:end], adjacency(hop1, start, end)], dim=1)
-            block.numpy().astype(np_dtype, copy=False).tofile(handle)
-    del hop1
-    os.replace(tmp, path)
+    x32_path, hop1_path = path.with_name(path.name + ".x32.tmp"), path.with_name(path.name + ".hop1.tmp")
+    scratch = []
+    try:
+        x32 = x if x.dtype == torch.float32 and x.is_contiguous() else None
+        if x32 is None:  # the sparse product needs contiguous float32 rows: convert chunk-wise, never whole
+            array, x32 = _scratch_map(x32_path, num_nodes, num_features)
+            scratch.append(array)
+            for start, end in _feature_chunks(num_nodes, chunk_size, progress, "features to float32"):
+                x32[start:end] = x[start:end]
+        array, hop1 = _scratch_map(hop1_path, num_nodes, num_features)
+        scratch.append(array)
+        for start, end in _feature_chunks(num_nodes, chunk_size, progress, "hop 1 features"):
+            hop1[start:end] = adjacency(x32, start, end)
+        with open(tmp, "wb") as handle:
+            for start, end in _feature_chunks(num_nodes, chunk_size, progress, "hop 2 features"):
+                block = torch.stack([x32[start:end], hop1[start:end], adjacency(hop1, start, end)], dim=1)
+                block.numpy().astype(np_dtype, copy=False).tofile(handle)
+        del x32, hop1, array
+        os.replace(tmp, path)
+    finally:
+        scratch.clear()
+        for leftover in (x32_path, hop1_path, tmp):
+            leftover.unlink(missing_ok=True)
     return np.memmap(path, dtype=np_dtype, mode="r", shape=(num_nodes, 3, num_features))
 
 
@@ -352,7 +389,9 @@ def precompute_largegt(
     """Build the whole LargeGT cache in ``root`` (created if needed) and open it; see the module docstring.
 
     Args:
-        x: node features ``[N, F]`` (may be backed by a memory map).
+        x: node features ``[N, F]``; may be backed by a memory map (``torch.from_numpy(np.memmap(...))``):
+            the hop features are streamed chunk-wise through memory maps (:func:`precompute_hop_tokens`)
+            and the id table is written chunk-wise into its map, so neither is ever held in RAM whole.
         graph: a target-indexed CSR (reused, not copied) or an ``edge_index``.
         sequence_length: ``K`` (target included); tokens per target are ``3K``.
         seed: sampling seed (recorded in ``meta.json``).

@@ -132,6 +132,24 @@ def test_float16_tokens(tmp_path):
     assert not (tmp_path / "t.f16.tmp").exists()
 
 
+@pytest.mark.parametrize("source_dtype", [np.float32, np.float16])
+def test_streamed_hop_tokens_from_memory_map_equal_in_memory_result(tmp_path, source_dtype):
+    # x backed by a memory map (as for ogbn-papers100M), streamed in chunks of 7 rows with scratch maps
+    edge_index = random_graph(90, 260, seed=4, isolated=2)
+    values = np.random.default_rng(0).standard_normal((90, 6)).astype(source_dtype)
+    mapped = np.memmap(tmp_path / "x.bin", dtype=source_dtype, mode="w+", shape=(90, 6))
+    mapped[:] = values
+    mapped.flush()
+    x = torch.from_numpy(np.memmap(tmp_path / "x.bin", dtype=source_dtype, mode="r+", shape=(90, 6)))
+    tokens = precompute_hop_tokens(x, edge_index, tmp_path / "tokens.f32", chunk_size=7)
+    in_memory = hop_features(torch.from_numpy(values).float(), edge_index, 2).numpy()
+    assert np.allclose(tokens, in_memory, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(tokens[:, 0], values.astype(np.float32))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tokens.f32", "x.bin"]  # no scratch left
+    with pytest.raises(ValueError, match="chunk_size"):
+        precompute_hop_tokens(x, edge_index, tmp_path / "t2", chunk_size=0)
+
+
 def test_bad_arguments(tmp_path):
     edge_index = random_graph(10, 20)
     with pytest.raises(ValueError, match="sequence_length"):
