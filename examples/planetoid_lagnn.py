@@ -1,9 +1,11 @@
 """Local augmentation (LAGNN) on Cora / CiteSeer: the paper's semi-supervised protocol.
 
 Public Planetoid split (20 labels per class, 500 validation, 1000 test nodes); every run trains for at
-most ``--epochs`` epochs, keeps the epoch with the lowest validation loss (model selection on validation
-only) and reports the test accuracy of that epoch. Baselines (``--no-la``) and LA models run through the
-same loop; a baseline simply has no generated inputs, one sample per step and no consistency loss.
+most ``--epochs`` epochs (optionally stopped by ``--patience``), picks an epoch from validation figures
+only (``--selection``) and reports the test accuracy of that epoch. Baselines (``--no-la``) and LA models
+run through the same loop; a baseline simply has no generated inputs, one sample per step and no
+consistency loss. Defaults are each model's paper settings (``HYPERPARAMETERS``): LAGNN's Tables 10/11
+for LA models, Kipf & Welling's for GCN, Velickovic et al.'s (with their stopping rule) for GAT.
 
 Per training step an LA model sees ``--samples`` (K) fresh generated feature matrices, each from the
 generator fitted once per data set (:class:`geoattn.nn.LocalAugmenter`; pass ``--generator PATH`` to
@@ -18,7 +20,6 @@ temporary folder first, so nothing is written next to them.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -36,28 +37,27 @@ from geoattn.nn import LocalAugmenter, UncertaintySelector, consistency_loss, ro
 from geoattn.registration.io import atomic_write_bytes
 
 # The paper's hyper-parameters (Tables 10/11) for the LA models; the baselines use their own papers'
-# settings (Kipf & Welling GCN, Velickovic et al. GAT, Chen et al. GCNII, GraphSAGE as GCN).
+# settings and stopping rules (Kipf & Welling GCN: 200 epochs, weight decay on the first layer only;
+# Velickovic et al. GAT: patience 100 on validation loss and accuracy; Chen et al. GCNII; GraphSAGE as GCN).
+# Every entry: "selection" picks the reported epoch from validation figures only (see train_run),
+# "patience" stops a run after that many epochs without validation improvement (None: run all epochs).
+_COMMON = dict(weight_decay=5e-4, weight_decay_scope="all", selection="val_loss", patience=None, samples=1,
+               consistency_weight=0.0, temperature=0.5)
+_LA = dict(samples=4, consistency_weight=1.0, temperature=0.5)
 HYPERPARAMETERS = {
-    ("gcn", True): dict(hidden=8, lr=0.01, weight_decay=5e-4, dropout=0.5, epochs=2000, samples=4,
-                        consistency_weight=1.0, temperature=0.5),
-    ("gcn", False): dict(hidden=16, lr=0.01, weight_decay=5e-4, dropout=0.5, epochs=2000, samples=1,
-                         consistency_weight=0.0, temperature=0.5),
-    ("gat", True): dict(hidden=8, heads=4, lr=0.01, weight_decay=5e-4, dropout=0.6, epochs=1000, samples=4,
-                        consistency_weight=1.0, temperature=0.5),
-    ("gat", False): dict(hidden=8, heads=8, lr=0.005, weight_decay=5e-4, dropout=0.6, epochs=1000, samples=1,
-                         consistency_weight=0.0, temperature=0.5),
-    ("sage", True): dict(hidden=8, lr=0.01, weight_decay=5e-4, dropout=0.5, epochs=2000, samples=4,
-                         consistency_weight=1.0, temperature=0.5),
-    ("sage", False): dict(hidden=16, lr=0.01, weight_decay=5e-4, dropout=0.5, epochs=2000, samples=1,
-                          consistency_weight=0.0, temperature=0.5),
+    ("gcn", True): dict(_COMMON, **_LA, hidden=8, lr=0.01, dropout=0.5, epochs=2000),
+    ("gcn", False): dict(_COMMON, hidden=16, lr=0.01, dropout=0.5, epochs=200, weight_decay_scope="first"),
+    ("gat", True): dict(_COMMON, **_LA, hidden=8, heads=4, lr=0.01, dropout=0.6, epochs=1000),
+    ("gat", False): dict(_COMMON, hidden=8, heads=8, lr=0.005, dropout=0.6, epochs=100_000, selection="gat",
+                         patience=100),
+    ("sage", True): dict(_COMMON, **_LA, hidden=8, lr=0.01, dropout=0.5, epochs=2000),
+    ("sage", False): dict(_COMMON, hidden=16, lr=0.01, dropout=0.5, epochs=2000),
     # GCNII on Cora (paper: 64 layers, hidden 32 per branch, alpha .1, lambda .5, dropout .6, L2c .01,
     # L2d 5e-4); the baseline has the same total width, 64, as in the GCNII paper.
-    ("gcnii", True): dict(hidden=32, layers=64, alpha=0.1, theta=0.5, lr=0.01, weight_decay=0.01,
-                          weight_decay_linear=5e-4, dropout=0.6, epochs=1500, samples=4, consistency_weight=0.0,
-                          temperature=0.5),
-    ("gcnii", False): dict(hidden=64, layers=64, alpha=0.1, theta=0.5, lr=0.01, weight_decay=0.01,
-                           weight_decay_linear=5e-4, dropout=0.6, epochs=1500, samples=1, consistency_weight=0.0,
-                           temperature=0.5),
+    ("gcnii", True): dict(_COMMON, hidden=32, layers=64, alpha=0.1, theta=0.5, lr=0.01, weight_decay=0.01,
+                          weight_decay_linear=5e-4, dropout=0.6, epochs=1500, samples=4),
+    ("gcnii", False): dict(_COMMON, hidden=64, layers=64, alpha=0.1, theta=0.5, lr=0.01, weight_decay=0.01,
+                           weight_decay_linear=5e-4, dropout=0.6, epochs=1500),
 }
 # CiteSeer GCNII setting of the paper (hidden per branch; LA-GCNII is 2 branches wide).
 CITESEER_GCNII = dict(hidden=128, layers=32, theta=0.6, dropout=0.7)
@@ -74,8 +74,11 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="run r uses seed + r")
     parser.add_argument("--epochs", type=int, default=None, help="default: the paper's value")
     parser.add_argument("--patience", type=int, default=None,
-                        help="stop a run when the validation loss has not improved for this many epochs "
-                             "(default: never; the paper trains all epochs)")
+                        help="stop a run after this many epochs without validation improvement "
+                             "(default: the model's paper setting, see HYPERPARAMETERS)")
+    parser.add_argument("--selection", default=None, choices=["val_loss", "gat"],
+                        help="which epoch is reported: lowest validation loss, or the GAT paper's rule "
+                             "(validation accuracy and loss both at their best so far); default per model")
     parser.add_argument("--samples", type=int, default=None, help="K generated samples per step")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--consistency-weight", type=float, default=None, help="beta")
@@ -83,8 +86,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-pool", type=int, default=0,
                         help="draw generated matrices from a pool of this many pre-generated ones per run "
                              "(0: fresh draws every step, as in the paper)")
-    parser.add_argument("--generation-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="dtype of the generator's decoder while sampling (bfloat16: faster on CPUs with bf16)")
+    parser.add_argument("--generation-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="dtype of the generator's decoder while sampling; auto: bfloat16 on CPUs with "
+                             "native bf16 matrix products (2-3x faster draws), float32 elsewhere")
     parser.add_argument("--generator", default=None,
                         help="path of a fitted LocalAugmenter; fitted and written there when missing")
     parser.add_argument("--generator-epochs", type=int, default=10)
@@ -98,6 +102,8 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", default=None,
                         help="file recording finished runs (written atomically after each run)")
     parser.add_argument("--resume", action="store_true", help="skip the runs recorded in --checkpoint")
+    parser.add_argument("--trace", action="store_true",
+                        help="store every epoch's validation loss / accuracy and test accuracy in --checkpoint")
     parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -140,28 +146,70 @@ def fit_generator(args, data, device):
     return augmenter, seconds
 
 
+def generation_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The decoder's sampling dtype for ``--generation-dtype``."""
+    if name == "auto":
+        native_bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available()
+        try:
+            native_bf16 = native_bf16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            native_bf16 = False
+        return torch.bfloat16 if native_bf16 else torch.float32
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
 class SampleSource:
     """Generated matrices for one run: fresh draws, or draws from a pool generated once per run.
 
-    Samples are generated in ``dtype`` (bfloat16 is ~3x faster on CPUs with bf16 units) and
+    Draws come from :meth:`LocalAugmenter.sampler` on the sparse bag-of-words (the decoder's centre term
+    is computed once per run), decoded in ``dtype`` (bfloat16 is ~2-3x faster on CPUs with bf16 units) and
     row-normalised in float32; the pool keeps them normalised, so a draw from it costs nothing."""
 
     def __init__(self, augmenter, x_raw, dtype, pool_size, seed):
         self.generator = torch.Generator(device=x_raw.device)
         self.generator.manual_seed(seed)
-        self.augmenter = copy.deepcopy(augmenter).to(dtype)
-        self.x_raw = x_raw.to(dtype)
+        self._generate = augmenter.sampler(x_raw.to_sparse(), generator=self.generator, normalize=True,
+                                           dtype=dtype)
         self.pool = None
         if pool_size > 0:
             self.pool = torch.stack([self._generate() for _ in range(pool_size)])
-
-    def _generate(self):
-        return row_normalize(self.augmenter.sample(self.x_raw, generator=self.generator).float())
 
     def draw(self):
         if self.pool is None:
             return self._generate()
         return self.pool[int(torch.randint(len(self.pool), (), generator=self.generator))]
+
+
+class EpochSelector:
+    """Model selection and early stopping from validation figures only.
+
+    - ``rule="val_loss"`` (LAGNN, GCN): the reported epoch is the one of lowest validation loss, and
+      patience counts epochs since that epoch;
+    - ``rule="gat"`` (the GAT paper's code): the reported epoch is the last one whose validation accuracy
+      and loss are both at least as good as at every earlier epoch; patience counts epochs since either
+      of them last reached a new best.
+    """
+
+    def __init__(self, rule: str = "val_loss", patience: int | None = None):
+        if rule not in ("val_loss", "gat"):
+            raise ValueError(f"rule: expected 'val_loss' or 'gat', got {rule!r}")
+        self.rule, self.patience = rule, patience
+        self.lowest_loss, self.highest_acc, self.last_improvement = math.inf, -math.inf, 0
+
+    def update(self, epoch: int, val_loss: float, val_acc: float) -> bool:
+        """Record one epoch; True when it becomes the reported epoch."""
+        if self.rule == "gat":
+            loss_ok, acc_ok = val_loss <= self.lowest_loss, val_acc >= self.highest_acc
+            keep, improved = loss_ok and acc_ok, loss_ok or acc_ok
+        else:
+            keep = improved = val_loss < self.lowest_loss
+        if improved:
+            self.last_improvement = epoch
+        self.lowest_loss, self.highest_acc = min(self.lowest_loss, val_loss), max(self.highest_acc, val_acc)
+        return keep
+
+    def should_stop(self, epoch: int) -> bool:
+        return self.patience is not None and epoch - self.last_improvement >= self.patience
 
 
 def train_run(args, hp, data, augmenter, seed, device, la):
@@ -171,7 +219,11 @@ def train_run(args, hp, data, augmenter, seed, device, la):
         optimizer = torch.optim.Adam(model.parameter_groups(hp["weight_decay"], hp["weight_decay_linear"]),
                                      lr=hp["lr"])
     else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        # Kipf & Welling decay only the first layer's weights; LAGNN and GAT decay every parameter
+        decayed = {id(p) for p in (model.first if hp["weight_decay_scope"] == "first" else model).parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) in decayed], "weight_decay": hp["weight_decay"]},
+                  {"params": [p for p in model.parameters() if id(p) not in decayed], "weight_decay": 0.0}]
+        optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=hp["lr"])
     x, edge_index, y = data.x.to(device), data.edge_index.to(device), data.y.to(device)
     if args.model in ("gcn", "gat"):
         # bag-of-words rows are ~1% non-zero: sparse input makes dropout and the first product cheap
@@ -179,10 +231,12 @@ def train_run(args, hp, data, augmenter, seed, device, la):
     train, val, test = data.train_mask.to(device), data.val_mask.to(device), data.test_mask.to(device)
     source = None
     if la:
-        dtype = torch.bfloat16 if args.generation_dtype == "bfloat16" else torch.float32
+        dtype = generation_dtype(args.generation_dtype, device)
         source = SampleSource(augmenter, data.x_raw.to(device), dtype, args.sample_pool, seed)
     samples = hp["samples"] if la else 1
     best = {"val_loss": math.inf, "val_acc": 0.0, "test_acc": 0.0, "epoch": -1}
+    selector = EpochSelector(hp["selection"], hp["patience"])
+    trace = [] if args.trace else None  # per epoch: (val loss, val acc, test acc), for offline analysis
     bar = tqdm(range(hp["epochs"]), desc=f"run seed={seed}", disable=args.quiet, leave=False)
     for epoch in bar:
         model.train()
@@ -199,16 +253,20 @@ def train_run(args, hp, data, augmenter, seed, device, la):
         with torch.no_grad():
             logits = model(x, edge_index, [source.draw()] if la else None)
             val_loss = float(F.cross_entropy(logits[val], y[val]))
-            if val_loss < best["val_loss"]:
-                prediction = logits.argmax(dim=-1)
-                best = {"val_loss": val_loss, "epoch": epoch,
-                        "val_acc": float((prediction[val] == y[val]).float().mean()),
-                        "test_acc": float((prediction[test] == y[test]).float().mean())}
-        if args.patience is not None and epoch - best["epoch"] >= args.patience:
+            prediction = logits.argmax(dim=-1)
+            val_acc = float((prediction[val] == y[val]).float().mean())
+            if trace is not None:
+                trace.append((round(val_loss, 5), val_acc, float((prediction[test] == y[test]).float().mean())))
+        if selector.update(epoch, val_loss, val_acc):
+            best = {"val_loss": val_loss, "epoch": epoch, "val_acc": val_acc,
+                    "test_acc": float((prediction[test] == y[test]).float().mean())}
+        if selector.should_stop(epoch):
             break
         if epoch % 20 == 0:
             bar.set_postfix(val_loss=f"{best['val_loss']:.3f}", test=f"{best['test_acc']:.3f}")
     best["epochs_run"] = epoch + 1
+    if trace is not None:
+        best["trace"] = trace
     return best
 
 
@@ -223,7 +281,7 @@ def main(argv=None) -> dict:
         hp.update(CITESEER_GCNII, consistency_weight=1.0 if la else 0.0)
         if not la:
             hp["hidden"] *= 2  # the baseline gets the LA model's total width
-    for key in ("epochs", "samples", "lr", "consistency_weight", "temperature"):
+    for key in ("epochs", "samples", "lr", "consistency_weight", "temperature", "patience", "selection"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
 
@@ -263,8 +321,9 @@ def main(argv=None) -> dict:
         "epochs_run_mean": round(sum(r["epochs_run"] for r in runs) / max(len(runs), 1), 1),
         "generator_seconds": round(generator_seconds, 2),
         "test_accs": [round(r["test_acc"] * 100, 1) for r in runs],
-        "hyperparameters": hp, "patience": args.patience, "sample_pool": args.sample_pool,
-        "generation_dtype": args.generation_dtype, "threads": torch.get_num_threads(),
+        "hyperparameters": hp, "sample_pool": args.sample_pool,
+        "generation_dtype": str(generation_dtype(args.generation_dtype, device)).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
     }
     if args.json:
         print(json.dumps(metrics))

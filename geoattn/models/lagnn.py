@@ -51,21 +51,28 @@ def input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
     Sparse COO inputs (e.g. bag-of-words) keep their layout and only their stored values are dropped, so
     the cost follows the number of non-zeros; ``GCNConv``/``GATConv`` accept the result directly. Dense
-    inputs use a uniform-threshold mask, ~3x cheaper on CPU than ``F.dropout``'s Bernoulli sampling for
-    the 10^6-10^7-entry feature matrices that LA models drop several times per step. Same distribution
-    as ``F.dropout``: each entry is zeroed with probability ``p``, survivors are scaled by ``1 / (1 - p)``.
+    inputs (e.g. generated features, dropped several times per step) draw 16 random bits per entry, four
+    entries per 64-bit random number, which is ~4x cheaper on CPU than a float per entry: an entry is
+    kept when its bits are at least ``round(p * 2^16)``, so the drop probability is ``p`` to within
+    ``2^-17`` (exact for multiples of ``2^-16`` such as 0.5), and survivors are scaled by the inverse of the
+    exact keep probability, which keeps the expectation exact.
     """
     if not training or p == 0.0:
         return x
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1], got {p}")
     if x.is_sparse:
         x = x.coalesce()
         values = x.values()
         keep = torch.rand_like(values) >= p
         return torch.sparse_coo_tensor(x.indices(), values * keep / (1.0 - p), x.shape, is_coalesced=True,
                                        check_invariants=False)
-    scale = torch.rand_like(x)
-    scale.ge_(p).mul_(1.0 / (1.0 - p))  # in place: the mask becomes the scale, no extra full-size buffers
-    return x * scale
+    dropped = round(p * 65536)
+    if dropped == 65536:
+        return torch.zeros_like(x)
+    bits = torch.randint(-2**63, 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+    keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= dropped - 32768
+    return (x * keep).mul_(65536 / (65536 - dropped))
 
 
 def _check_inputs(x: Tensor, edge_index: Tensor, in_channels: int) -> None:

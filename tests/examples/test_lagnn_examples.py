@@ -49,3 +49,31 @@ def test_ogbn_example_on_synthetic_ogb_data(tmp_path):
     plain = example.main(["--synthetic-nodes", "120", "--hidden", "8", "--epochs", "2", "--runs", "1", "--no-la",
                           "--quiet"])
     assert plain["model"] == "gcn"
+
+
+def test_planetoid_epoch_selector_rules():
+    example = load_example("planetoid_lagnn")
+    #                  epoch: 0     1     2     3     4     5
+    losses = [1.0, 0.8, 0.9, 0.7, 0.75, 0.74]
+    accs = [0.5, 0.6, 0.7, 0.65, 0.7, 0.71]
+    by_loss = example.EpochSelector("val_loss", patience=2)
+    kept = [by_loss.update(epoch, loss, acc) for epoch, (loss, acc) in enumerate(zip(losses, accs))]
+    assert kept == [True, True, False, True, False, False]  # lowest validation loss so far
+    assert not by_loss.should_stop(4) and by_loss.should_stop(5)  # two epochs without a new lowest loss
+    gat = example.EpochSelector("gat", patience=2)
+    kept = [gat.update(epoch, loss, acc) for epoch, (loss, acc) in enumerate(zip(losses, accs))]
+    # GAT paper: keep when accuracy AND loss are both at their best so far; patience resets when EITHER is
+    assert kept == [True, True, False, False, False, False]
+    assert gat.last_improvement == 5 and not gat.should_stop(6) and gat.should_stop(7)
+    assert not example.EpochSelector("val_loss", patience=None).should_stop(10**6)
+    with pytest.raises(ValueError, match="rule"):
+        example.EpochSelector("val_acc")
+
+
+def test_planetoid_generation_dtype():
+    import torch
+
+    example = load_example("planetoid_lagnn")
+    assert example.generation_dtype("float32", torch.device("cpu")) == torch.float32
+    assert example.generation_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert example.generation_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)

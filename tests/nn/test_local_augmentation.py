@@ -59,6 +59,49 @@ def test_sample_equals_decode_of_the_same_noise():
             torch.testing.assert_close(sample, model.decode(z, x))
 
 
+
+@pytest.mark.parametrize("variant", ["citation", "ogb"])
+def test_cached_sampler_equals_decode_dense_and_sparse(variant):
+    """`sampler` caches the centre term; every call equals decode(z, x) with that call's noise."""
+    model = LocalAugmenter(7, hidden_channels=16, latent_channels=3, variant=variant).double()
+    x = (torch.rand(9, 7, dtype=torch.float64) < 0.4).double()
+    for centres in (x, x.to_sparse()):
+        draw = model.sampler(centres, generator=torch.Generator().manual_seed(3))
+        reference_noise = torch.Generator().manual_seed(3)
+        model.eval()
+        for _ in range(2):
+            z = torch.randn(9, 3, generator=reference_noise, dtype=torch.float64)
+            sample = draw()
+            assert sample.dtype == torch.float64 and sample.shape == (9, 7)
+            torch.testing.assert_close(sample, model.decode(z, x))
+        normalized = model.sampler(centres, generator=torch.Generator().manual_seed(3), normalize=True)()
+        first = model.decode(torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64), x)
+        torch.testing.assert_close(normalized, row_normalize(first))
+
+
+def test_cached_sampler_bfloat16_snapshot_and_freshness():
+    model = LocalAugmenter(6, hidden_channels=16, latent_channels=3)
+    x, _ = _toy_graph()
+    model.train()
+    exact = model.sampler(x, generator=torch.Generator().manual_seed(4), normalize=True)
+    fast = model.sampler(x.to_sparse(), generator=torch.Generator().manual_seed(4), normalize=True,
+                         dtype=torch.bfloat16)
+    assert model.training  # the module is untouched: the sampler holds eval-mode copies
+    a, b = exact(), fast()
+    assert b.dtype == torch.float32 and b.shape == x.shape
+    torch.testing.assert_close(b, a, atol=2e-2 * float(a.abs().max()), rtol=2e-2)  # bf16 decode, same noise
+    assert not torch.equal(exact(), exact())  # fresh noise per call
+    assert exact().sum(-1).allclose(torch.ones(x.size(0)))
+    snapshot = model.sampler(x, generator=torch.Generator().manual_seed(5))
+    reference = model.sampler(x, generator=torch.Generator().manual_seed(5))()
+    with torch.no_grad():
+        model.decoder_output[0].bias.add_(5.0)
+    torch.testing.assert_close(snapshot(), reference)  # weights as they were when the sampler was made
+    empty = model.sampler(x[:0])()
+    assert empty.shape == (0, 6)
+    with pytest.raises(ValueError, match=r"x: expected a 2-D tensor \[N, F\] with F=6"):
+        model.sampler(torch.zeros(3, 5))
+
 def test_sample_shape_dtype_device_and_freshness():
     model = LocalAugmenter(6, hidden_channels=16, latent_channels=3)
     x, _ = _toy_graph()
