@@ -19,6 +19,18 @@ def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
         assert key in result
     assert result["epochs"] == 2 and result["receptive_field"] == 3
     assert abs(result["baseline_params"] - result["params"]) / result["params"] < 0.05
+    assert result["input_2d"] == "ray" and result["camera_sampling"] == "random"
+
+
+def test_mocap_example_fixed_cameras_and_screen_inputs(capsys):
+    example = load_example("mocap_glagcn")
+    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
+              "--frame-stride", "20", "--epochs", "1", "--json", "--quiet", "--camera-sampling", "fixed"]
+    for input_2d in ("relative", "centred"):
+        assert example.main(common + ["--input-2d", input_2d]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["input_2d"] == input_2d and result["camera_sampling"] == "fixed"
+        assert np.isfinite(result["mpjpe_mm"])
 
 
 def test_mocap_example_reads_npy_and_bvh(real_data, tmp_path, capsys):
