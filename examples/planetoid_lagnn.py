@@ -47,7 +47,7 @@ _LA = dict(samples=4, consistency_weight=1.0, temperature=0.5)
 HYPERPARAMETERS = {
     ("gcn", True): dict(_COMMON, **_LA, hidden=8, lr=0.01, dropout=0.5, epochs=2000),
     ("gcn", False): dict(_COMMON, hidden=16, lr=0.01, dropout=0.5, epochs=200, weight_decay_scope="first"),
-    ("gat", True): dict(_COMMON, **_LA, hidden=8, heads=4, lr=0.01, dropout=0.6, epochs=1000),
+    ("gat", True): dict(_COMMON, **_LA, hidden=8, heads=4, lr=0.01, dropout=0.6, epochs=1000, elu_alpha=0.2),
     ("gat", False): dict(_COMMON, hidden=8, heads=8, lr=0.005, dropout=0.6, epochs=100_000, selection="gat",
                          patience=100),
     ("sage", True): dict(_COMMON, **_LA, hidden=8, lr=0.01, dropout=0.5, epochs=2000),
@@ -118,7 +118,7 @@ def build_model(args, hp, num_features, num_classes, la: bool):
         return LASAGE(num_features, hp["hidden"], num_classes, num_generated=num_generated, dropout=hp["dropout"])
     if args.model == "gat":
         return LAGAT(num_features, hp["hidden"], num_classes, num_generated=num_generated, heads=hp["heads"],
-                     dropout=hp["dropout"])
+                     dropout=hp["dropout"], elu_alpha=hp.get("elu_alpha", 1.0))
     return LAGCNII(num_features, hp["hidden"], num_classes,
                    num_generated=num_generated, num_layers=hp["layers"], alpha=hp["alpha"], theta=hp["theta"],
                    dropout=hp["dropout"])

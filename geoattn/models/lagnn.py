@@ -14,6 +14,7 @@ All models return logits ``[N, out_channels]``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -208,16 +209,20 @@ class LAGAT(_LAMessagePassingNet):
 
     Paper setting (Cora/CiteSeer): ``hidden_channels=8``, ``heads=4`` per branch (8 heads in total,
     like GAT), ``out_heads=1``, dropout 0.6 on inputs, hidden features and attention coefficients,
-    LeakyReLU slope 0.2. ``num_generated=0, heads=8`` gives Velickovic et al.'s GAT.
+    LeakyReLU slope 0.2; the authors' code uses ``ELU(alpha=0.2)`` as hidden activation (``elu_alpha``;
+    GAT's own is 1). ``num_generated=0, heads=8`` gives Velickovic et al.'s GAT.
     """
-
-    activation = staticmethod(F.elu)
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, *, num_generated: int = 1,
                  heads: int = 4, out_heads: int = 1, num_layers: int = 2, dropout: float = 0.6,
-                 input_dropout: float | None = None, negative_slope: float = 0.2, batch_norm: bool = False):
+                 input_dropout: float | None = None, negative_slope: float = 0.2, batch_norm: bool = False,
+                 elu_alpha: float = 1.0):
         if not isinstance(heads, int) or heads < 1 or not isinstance(out_heads, int) or out_heads < 1:
             raise ValueError(f"heads, out_heads: expected positive ints, got {heads!r}, {out_heads!r}")
+        if not elu_alpha > 0:
+            raise ValueError(f"elu_alpha: expected a positive float, got {elu_alpha!r}")
+        self.elu_alpha = elu_alpha
+        self.activation = functools.partial(F.elu, alpha=elu_alpha)
         self.heads, self.out_heads, self.negative_slope = heads, out_heads, negative_slope
         self._attention_dropout = dropout
         super().__init__(in_channels, hidden_channels, out_channels, num_generated=num_generated,

@@ -178,3 +178,15 @@ def test_sparse_features_give_the_same_output():
         torch.testing.assert_close(model(x.to_sparse(), edge_index, [x_hat]), model(x, edge_index, [x_hat]))
         model.train()
         model(x.to_sparse(), edge_index, [x_hat]).sum().backward()
+
+
+def test_lagat_elu_alpha():
+    x, edge_index = _graph()
+    model = LAGAT(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1, heads=2, elu_alpha=0.2).eval()
+    x_hat = torch.rand_like(x)
+    branches = model.first.branches
+    hidden = torch.cat([F.elu(branches[0].conv(x, edge_index), alpha=0.2),
+                        F.elu(branches[1].conv(x_hat, edge_index), alpha=0.2)], dim=-1)
+    torch.testing.assert_close(model(x, edge_index, [x_hat]), model.out_conv(hidden, edge_index))
+    with pytest.raises(ValueError, match="elu_alpha"):
+        LAGAT(NUM_FEATURES, 4, NUM_CLASSES, elu_alpha=0.0)
