@@ -68,10 +68,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rotations", type=int, default=10)
     parser.add_argument("--methods", default="roitr,fpfh")
     parser.add_argument("--weights", type=Path, help="RoITr checkpoint (default: the shipped one)")
-    parser.add_argument("--estimator", choices=("lgr", "ransac"), default="lgr")
+    parser.add_argument("--estimator", choices=("sc2", "lgr", "ransac"), default="sc2")
     parser.add_argument("--icp", action="store_true", help="ICP refinement after RoITr")
     parser.add_argument("--num-coarse", type=int, default=256, help="RoITr superpoint correspondences")
-    parser.add_argument("--sinkhorn-iterations", type=int, default=None, help="RoITr inference OT iterations")
+    parser.add_argument("--sinkhorn-iterations", type=int, default=None, help="RoITr inference OT iterations (default: the pipeline's)")
     parser.add_argument("--only", nargs="*", help="restrict to these pair names")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,15 +83,19 @@ def main(argv=None) -> int:
     model = load_roitr(args.weights) if "roitr" in methods else None
     pairs = [p for p in load_pairs(args.pairs) if not args.only or p["name"] in args.only]
     generator = torch.Generator().manual_seed(args.seed)
+    # options left out keep RoITrRegistration's defaults (the ones `geoattn register` uses)
+    optional = {} if args.sinkhorn_iterations is None else {"sinkhorn_iterations": args.sinkhorn_iterations}
     # warm-up (library initialisation, first-call allocations) outside the timed runs, for both methods
     warm = pairs[0]
     for method in methods:
         if method == "roitr":
-            RoITrRegistration(model, voxel_size=warm["voxel"])(warm["src"].float(), warm["tgt"].float())
+            warm_pipeline = RoITrRegistration(model, voxel_size=warm["voxel"], **optional)
+            warm_pipeline(warm["src"].float(), warm["tgt"].float())
+            optional["sinkhorn_iterations"] = warm_pipeline.sinkhorn_iterations  # reported below
         else:
             register(warm["src"].float(), warm["tgt"].float(), method=method, voxel_size=warm["voxel"])
     report = {"rotations": args.rotations, "num_coarse": args.num_coarse,
-              "sinkhorn_iterations": args.sinkhorn_iterations, "threads": torch.get_num_threads(), "estimator": args.estimator,
+              "sinkhorn_iterations": optional.get("sinkhorn_iterations"), "threads": torch.get_num_threads(), "estimator": args.estimator,
               "icp_after_roitr": args.icp, "weights": str(args.weights) if args.weights else "shipped",
               "results": []}
     for pair in pairs:
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
                 if method == "roitr":
                     pipeline = RoITrRegistration(model, voxel_size=pair["voxel"], estimator=args.estimator,
                                                  icp=args.icp, seed=args.seed, num_coarse=args.num_coarse,
-                                                 sinkhorn_iterations=args.sinkhorn_iterations)
+                                                 **optional)
                 for rotation in rotation_set:
                     motion = make_transform(rotation, torch.zeros(3, dtype=torch.float64))
                     src = transform_points(pair["src"], motion).float()

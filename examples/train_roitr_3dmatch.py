@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--voxel-size", type=float, default=None,
                         help="training grid in metres (default: the config's voxel size)")
     parser.add_argument("--max-points", type=int, default=2048, help="points per fragment after downsampling")
+    parser.add_argument("--fragment-voxel", type=float, default=None,
+                        help="grid of the generated synthetic fragments before the training grid (default: the "
+                             "training grid; a finer one makes the training grid cut them irregularly, as on real scans)")
+    parser.add_argument("--init", type=Path, help="start from these weights (fine-tuning; the config comes with them)")
     parser.add_argument("--pairs", type=int, default=200, help="synthetic training pairs (generated once, cached)")
     parser.add_argument("--val-pairs", type=int, default=8, help="held-out synthetic pairs for validation")
     parser.add_argument("--patch-pairs", type=int, default=128,
@@ -99,10 +103,20 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed + rank)
     device = torch.device(args.device)
     config = RoITrConfig.small() if args.config == "small" else RoITrConfig()
+    initial = None
+    if args.init is not None:
+        if not args.init.is_file():
+            print(f"--init: no checkpoint at {args.init}", file=sys.stderr)
+            return 2
+        initial = torch.load(args.init, map_location="cpu", weights_only=True)
+        config = RoITrConfig(**initial["config"])
     voxel = args.voxel_size or config.voxel_size
     if args.voxel_size:
         config = RoITrConfig(**{**config.to_dict(), "voxel_size": voxel})
-    model = RoITr(config).to(device)
+    model = RoITr(config)
+    if initial is not None:
+        model.load_state_dict(initial["state_dict"])
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.decay_every, args.lr_decay)
     step, elapsed = 0, 0.0
@@ -139,14 +153,16 @@ def main(argv=None) -> int:
             return src, tgt, transform
         num_items = len(dataset)
     else:
-        pool = synthetic_pool(args.pairs, TRAIN_SEEDS, voxel, args.cache, "generating synthetic pairs")
+        pool = synthetic_pool(args.pairs, TRAIN_SEEDS, args.fragment_voxel or voxel, args.cache,
+                              "generating synthetic pairs")
 
         def get_pair(index: int):
             item = pool[index % len(pool)]
             return item["src"], item["tgt"], item["transform"]
         num_items = len(pool)
     val_cache = args.cache.with_suffix(".val.pt") if args.cache is not None else None
-    validation = synthetic_pool(args.val_pairs, EVAL_SEEDS, voxel, val_cache, "validation pairs") if rank == 0 else []
+    validation = (synthetic_pool(args.val_pairs, EVAL_SEEDS, args.fragment_voxel or voxel, val_cache, "validation pairs")
+                  if rank == 0 else [])
 
     def save() -> None:
         if rank != 0:
@@ -158,7 +174,9 @@ def main(argv=None) -> int:
         if args.export:
             save_roitr(model, args.export, meta={"steps": step, "train_minutes": round(elapsed / 60, 1),
                                                  "data": "synthetic" if args.root is None else str(args.root.name),
-                                                 "voxel_size": voxel, "max_points": args.max_points})
+                                                 "voxel_size": voxel, "max_points": args.max_points,
+                                                 "fragment_voxel": args.fragment_voxel or voxel,
+                                                 "init": args.init.name if args.init else None})
 
     generator = torch.Generator().manual_seed(args.seed + rank)
     order = torch.randperm(num_items, generator=generator)

@@ -31,7 +31,7 @@ from geoattn.nn.roitr import (
 )
 from geoattn.sparse.neighbors import fps
 
-__all__ = ["RoITrConfig", "RoITrLevel", "RoITrFeatures", "RoITrOutput", "RoITr"]
+__all__ = ["RoITrConfig", "RoITrLevel", "RoITrFeatures", "RoITrOutput", "RoITr", "centroid_fps"]
 
 
 @dataclass
@@ -129,6 +129,21 @@ class RoITrOutput(NamedTuple):
     tgt_point_feats: Tensor  # [M, fine]
 
 
+def centroid_fps(pos: Tensor, num_samples: int) -> Tensor:
+    """Furthest point sampling of ``pos [N, 3]`` started at the point nearest the centroid -> ``index [S]``.
+
+    :func:`geoattn.sparse.neighbors.fps` starts at index 0, so its samples depend on the order of the
+    points, which a voxel grid or a file format sets in a rotation-dependent way. The point nearest the
+    centroid is a rotation- and order-invariant start, which makes the samples move with the cloud.
+    """
+    start = int((pos.detach() - pos.detach().mean(0)).square().sum(1).argmin())
+    if start == 0:
+        return fps(pos, num_samples=num_samples)
+    order = torch.arange(pos.size(0), device=pos.device)
+    order[0], order[start] = start, 0
+    return order[fps(pos[order], num_samples=num_samples)]
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     return PointInstanceNorm(channels) if kind == "instance" else nn.LayerNorm(channels)
 
@@ -194,7 +209,7 @@ class RoITr(nn.Module):
                 module.reset_parameters()
 
     def build_levels(self, pos: Tensor, normal: Tensor) -> list[RoITrLevel]:
-        """Subsample by FPS (stride per level) and compute every level's PPF groups once."""
+        """Subsample by FPS from the point nearest the centroid (stride per level) and compute every level's PPF groups once."""
         config = self.config
         levels: list[RoITrLevel] = []
         current_pos, current_normal = pos, normal
@@ -202,7 +217,7 @@ class RoITr(nn.Module):
             down_index = down_neighbor_index = down_ppf = None
             if stride > 1:
                 count = max(1, current_pos.size(0) // stride)
-                down_index = fps(current_pos, num_samples=count)
+                down_index = centroid_fps(current_pos, count)
                 down_neighbor_index, down_ppf = ppf_groups(
                     current_pos, current_normal, k, down_index, config.sign_invariant_ppf
                 )

@@ -1,4 +1,5 @@
-"""Rigid pose from weighted correspondences: local-to-global registration (LGR) and RANSAC.
+"""Rigid pose from weighted correspondences: second-order spatial compatibility (SC2), local-to-global
+registration (LGR) and RANSAC.
 
 Both return a 4x4 ``T`` mapping source into target (``p' = p @ R.T + t``) and are deterministic
 given their inputs (RANSAC takes a ``torch.Generator``).
@@ -13,7 +14,8 @@ from torch import Tensor
 
 from geoattn.sparse.geometry import transform_points, weighted_kabsch
 
-__all__ = ["PoseEstimate", "local_to_global_registration", "ransac_registration", "refine_pose"]
+__all__ = ["PoseEstimate", "compatibility_registration", "local_to_global_registration", "ransac_registration",
+           "refine_pose"]
 
 
 class PoseEstimate(NamedTuple):
@@ -148,3 +150,65 @@ def ransac_registration(
                 required = math.ceil(math.log(1.0 - confidence) / math.log(1.0 - fraction**3))
     final_weights = weights if weights is not None else src.new_ones(count)
     return refine_pose(best_transform, src, tgt, final_weights, distance, refine_iterations)
+
+
+def compatibility_registration(
+    src: Tensor,
+    tgt: Tensor,
+    weights: Tensor | None = None,
+    acceptance_radius: float = 0.1,
+    compatibility_threshold: float | None = None,
+    max_correspondences: int = 1000,
+    num_seeds: int = 100,
+    seed_size: int = 30,
+    refine_iterations: int = 5,
+) -> PoseEstimate:
+    r"""Pose from second-order spatial compatibility (in the spirit of SC\ :sup:`2`-PCR, Chen et al. 2022).
+
+    A rigid motion keeps distances, so two inlier correspondences :math:`i, j` satisfy
+    :math:`|\lVert s_i - s_j\rVert - \lVert t_i - t_j\rVert| < \tau` (compatibility :math:`A_{ij} = 1`).
+    Outliers are compatible with some inliers by chance, but rarely with the same ones, so the second-order
+    score :math:`S_{ij} = A_{ij} \sum_k A_{ik} A_{kj}` (common compatible correspondences) is large for inlier
+    pairs only. The ``num_seeds`` correspondences of highest degree :math:`\sum_j A_{ij}` each give one
+    hypothesis: the Kabsch fit of the seed and its ``seed_size`` partners of highest :math:`S` (those with
+    :math:`S > 0`). The hypothesis with the most correspondences within ``acceptance_radius`` wins and is
+    re-fitted on its inliers (:func:`refine_pose`). It needs no random sampling, so its cost does not grow
+    as the inlier ratio falls, unlike RANSAC, and it is deterministic and rotation invariant.
+
+    Args:
+        src, tgt: ``[C, 3]`` correspondences; weights: ``[C]`` confidences (uniform when ``None``).
+        acceptance_radius: inlier residual for scoring and refinement.
+        compatibility_threshold: :math:`\tau` (default ``acceptance_radius``).
+        max_correspondences: the compatibility matrix uses at most this many correspondences, the most
+            confident ones (memory and time are quadratic in it); hypotheses are scored on all of them.
+        num_seeds, seed_size: hypotheses and correspondences per hypothesis.
+
+    Returns:
+        :class:`PoseEstimate`; with fewer than three correspondences, the identity and no inliers.
+    """
+    _check_correspondences(src, tgt, weights)
+    count = src.size(0)
+    if count < 3:
+        return PoseEstimate(_identity(src), torch.zeros(count, dtype=torch.bool, device=src.device))
+    for name, value in (("num_seeds", num_seeds), ("seed_size", seed_size), ("max_correspondences", max_correspondences)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    weights = weights if weights is not None else src.new_ones(count)
+    tau = acceptance_radius if compatibility_threshold is None else compatibility_threshold
+    if count > max_correspondences:
+        subset = weights.topk(max_correspondences).indices
+        sub_src, sub_tgt = src[subset], tgt[subset]
+    else:
+        sub_src, sub_tgt = src, tgt
+    compatible = ((torch.cdist(sub_src, sub_src) - torch.cdist(sub_tgt, sub_tgt)).abs() < tau).to(src.dtype)
+    compatible.fill_diagonal_(0)
+    seeds = compatible.sum(1).topk(min(num_seeds, compatible.size(0))).indices
+    seed_rows = compatible[seeds]
+    second_order = seed_rows * (seed_rows @ compatible)  # [seeds, K]
+    partner_score, partners = second_order.topk(min(seed_size, compatible.size(0)), dim=1)
+    members = torch.cat([seeds[:, None], partners], dim=1)
+    member_weights = torch.cat([torch.ones_like(partner_score[:, :1]), (partner_score > 0).to(src.dtype)], dim=1)
+    hypotheses = weighted_kabsch(sub_src[members], sub_tgt[members], member_weights)
+    inlier_counts = (_residuals(hypotheses, src, tgt) < acceptance_radius).sum(dim=1)
+    best = hypotheses[int(inlier_counts.argmax())]
+    return refine_pose(best, src, tgt, weights, acceptance_radius, refine_iterations)

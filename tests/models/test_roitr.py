@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoattn.models.roitr import RoITr, RoITrConfig
+from geoattn.models.roitr import RoITr, RoITrConfig, centroid_fps
 from geoattn.sparse.geometry import estimate_normals, make_transform, random_rotation, transform_points
 
 TINY = RoITrConfig.small(channels=(8, 16, 16, 16), neighbors=(6, 6, 6, 6), transformer_channels=16,
@@ -116,3 +116,15 @@ def test_paper_config_defaults():
     pts = torch.rand(40, 3)
     out = layer_model(pts, estimate_normals(pts), pts, estimate_normals(pts))
     assert out.src_node_feats.shape == (20, 256)
+
+
+def test_centroid_fps_ignores_point_order_and_rigid_motions():
+    cloud = _scene(300, 3)
+    index = centroid_fps(cloud.float(), 40)
+    start = int((cloud - cloud.mean(0)).norm(dim=1).argmin())
+    assert int(index[0]) == start and index.unique().numel() == 40
+    permutation = torch.randperm(300, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(permutation[centroid_fps(cloud[permutation].float(), 40)], index)
+    motion = make_transform(random_rotation(generator=torch.Generator().manual_seed(5), dtype=torch.float64),
+                            torch.tensor([2.0, -1.0, 4.0], dtype=torch.float64))
+    assert torch.equal(centroid_fps(transform_points(cloud, motion).float(), 40), index)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geoattn.registration.metrics import relative_rotation_error, relative_translation_error
-from geoattn.registration.pose import local_to_global_registration, ransac_registration
+from geoattn.registration.pose import compatibility_registration, local_to_global_registration, ransac_registration
 from geoattn.sparse.geometry import make_transform, random_rotation, transform_points
 
 
@@ -52,3 +52,45 @@ def test_degenerate_and_bad_inputs():
         ransac_registration(torch.rand(5, 3), torch.rand(5, 3), confidence=1000)
     with pytest.raises(ValueError, match="weights"):
         local_to_global_registration(torch.rand(5, 3), torch.rand(5, 3), torch.ones(4), torch.zeros(5))
+
+
+def test_compatibility_recovers_transform_at_a_low_inlier_ratio():
+    # 95 % outliers and no clean patches: one minimal sample in 8000 is all-inlier, yet the second-order
+    # compatibility of the 5 % inliers singles them out
+    src, tgt, truth, _ = _problem(n=1000, outliers=0.95, seed=2)
+    tgt[:30] = torch.rand(30, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3  # no clean patches
+    estimate = compatibility_registration(src, tgt, acceptance_radius=0.05)
+    assert float(relative_rotation_error(estimate.transform, truth)) < 1.0
+    assert float(relative_translation_error(estimate.transform, truth)) < 0.02
+    true_inliers = (transform_points(src, truth) - tgt).norm(dim=1) < 0.05
+    assert int((estimate.inliers & true_inliers).sum()) >= 0.9 * int(true_inliers.sum())
+
+
+def test_compatibility_is_deterministic_invariant_and_subsets_large_inputs():
+    src, tgt, truth, _ = _problem(n=400, outliers=0.8, seed=4)
+    weights = torch.rand(400, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = compatibility_registration(src, tgt, weights, acceptance_radius=0.05)
+    assert torch.equal(a.transform, compatibility_registration(src, tgt, weights, acceptance_radius=0.05).transform)
+    # rotating the source clouds rotates the answer (distances alone decide which correspondences agree)
+    motion = make_transform(random_rotation(generator=torch.Generator().manual_seed(6), dtype=torch.float64),
+                            torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    moved = compatibility_registration(transform_points(src, motion), tgt, weights, acceptance_radius=0.05)
+    assert torch.allclose(moved.transform @ motion, a.transform, atol=1e-8)
+    assert torch.equal(moved.inliers, a.inliers)
+    # a compatibility matrix over the 150 most confident correspondences still finds the motion
+    small = compatibility_registration(src, tgt, weights, acceptance_radius=0.05, max_correspondences=150)
+    assert float(relative_rotation_error(small.transform, truth)) < 1.0
+
+
+def test_compatibility_degenerate_and_bad_inputs():
+    few = torch.rand(2, 3)
+    assert torch.equal(compatibility_registration(few, few).transform, torch.eye(4))
+    three = torch.rand(3, 3, dtype=torch.float64)
+    assert torch.allclose(compatibility_registration(three, three + 1.0).transform[:3, 3],
+                          torch.ones(3, dtype=torch.float64), atol=1e-9)
+    with pytest.raises(ValueError, match="src, tgt"):
+        compatibility_registration(torch.rand(5, 3), torch.rand(4, 3))
+    with pytest.raises(ValueError, match="weights"):
+        compatibility_registration(torch.rand(5, 3), torch.rand(5, 3), torch.ones(4))
+    with pytest.raises(ValueError, match="num_seeds"):
+        compatibility_registration(torch.rand(5, 3), torch.rand(5, 3), num_seeds=0)
