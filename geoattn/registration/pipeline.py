@@ -33,6 +33,7 @@ from geoattn.sparse.segment import scatter_mean
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "ESTIMATORS",
     "RegistrationResult",
     "default_weights_path",
     "load_roitr",
