@@ -534,12 +534,47 @@ class LearnableLogOptimalTransport(nn.Module):
         log_nu[:, -1] = torch.log(num_rows) + norm
         log_nu = log_nu.masked_fill(~col_valid, -self.inf)
 
+        iterations = self.num_iterations if num_iterations is None else num_iterations
+        if torch.is_grad_enabled() and (padded.requires_grad or scores.requires_grad):
+            u, v = self._log_domain(padded, log_mu, log_nu, iterations)
+        else:
+            u, v = self._scaling_domain(padded, log_mu, log_nu, iterations, self.inf)
+        return padded + u.unsqueeze(2) + v.unsqueeze(1) - norm.view(batch, 1, 1)
+
+    @staticmethod
+    def _log_domain(padded: Tensor, log_mu: Tensor, log_nu: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
         u = torch.zeros_like(log_mu)
         v = torch.zeros_like(log_nu)
-        for _ in range(self.num_iterations if num_iterations is None else num_iterations):
+        for _ in range(iterations):
             u = log_mu - torch.logsumexp(padded + v.unsqueeze(1), dim=2)
             v = log_nu - torch.logsumexp(padded + u.unsqueeze(2), dim=1)
-        return padded + u.unsqueeze(2) + v.unsqueeze(1) - norm.view(batch, 1, 1)
+        return u, v
+
+    @staticmethod
+    def _scaling_domain(padded: Tensor, log_mu: Tensor, log_nu: Tensor, iterations: int,
+                        inf: float) -> tuple[Tensor, Tensor]:
+        """The same iterates as :meth:`_log_domain` with one ``exp`` instead of two per iteration.
+
+        With row maxima :math:`r_i` and :math:`K_{ij} = e^{s_{ij} - r_i} \le 1`, the scalings
+        :math:`a = \mu / (K b)`, :math:`b = \nu / (K^\top a)` (from :math:`b = 1`) satisfy
+        :math:`a = e^{u + r}`, :math:`b = e^{v}` at every iteration, so :math:`u = \log a - r`,
+        :math:`v = \log b`. Every real row holds a 1 (its maximum) and every column a 1 (the dustbin row
+        is constant), so no sum underflows; used when no gradient is needed.
+        """
+        row_max = padded.amax(dim=2, keepdim=True)
+        row_max = row_max.masked_fill(row_max < -0.5 * inf, 0.0)  # a masked row keeps its -inf entries
+        kernel = torch.exp(padded - row_max)
+        mu, nu = log_mu.exp().unsqueeze(2), log_nu.exp().unsqueeze(2)
+        tiny = torch.finfo(padded.dtype).tiny
+        b = torch.ones_like(nu)
+        a = mu
+        for _ in range(iterations):
+            a = mu / torch.bmm(kernel, b).clamp(min=tiny)
+            b = nu / torch.bmm(kernel.transpose(1, 2), a).clamp(min=tiny)
+        # masked rows/columns have zero marginals: clamp their log scalings to a finite, very negative value
+        u = a.squeeze(2).clamp(min=tiny).log() - row_max.squeeze(2)
+        v = b.squeeze(2).clamp(min=tiny).log()
+        return u, v
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(num_iterations={self.num_iterations})"

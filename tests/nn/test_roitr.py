@@ -241,6 +241,26 @@ def test_optimal_transport_marginals_and_masks():
     assert "num_iterations=200" in repr(ot)
 
 
+def test_optimal_transport_inference_path_matches_the_log_domain():
+    # without gradients the layer iterates on exp-domain scalings; with them, in the log domain
+    ot = LearnableLogOptimalTransport(num_iterations=30).double()
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 7, 5, generator=g, dtype=torch.float64) * 20  # a wide spread of scores
+    row_masks = torch.rand(3, 7, generator=g) > 0.3
+    col_masks = torch.rand(3, 5, generator=g) > 0.3
+    row_masks[:, 0], col_masks[:, 0] = True, True
+    row_masks[2] = False  # a patch pair with no real source point
+    with torch.no_grad():
+        fast = ot(scores, row_masks, col_masks)
+    reference = ot(scores.clone().requires_grad_(True), row_masks, col_masks).detach()
+    valid = (torch.cat([row_masks, torch.ones(3, 1, dtype=torch.bool)], 1).unsqueeze(2)
+             & torch.cat([col_masks, torch.ones(3, 1, dtype=torch.bool)], 1).unsqueeze(1))
+    finite = valid & torch.isfinite(reference)  # the empty pair's dustbin marginal is log 0 = -inf there
+    assert torch.allclose(fast[finite], reference[finite], rtol=1e-9, atol=1e-9)
+    assert torch.allclose(fast.exp(), reference.exp(), atol=1e-12)
+    assert float(fast[~valid].max()) < -1e11
+
+
 def test_point_instance_norm_reference_and_invariance():
     norm = PointInstanceNorm(3).double()
     with torch.no_grad():
