@@ -82,8 +82,11 @@ def train_run(args, data, split, evaluator, augmenter, seed, device, la):
     generator.manual_seed(seed)
     samples = (args.samples or SAMPLES[args.model]) if la else 1
 
+    # the decoder's centre term is computed once per run; each call decodes fresh noise
+    draw = augmenter.sampler(x, generator=generator) if la else None
+
     def generated():
-        return [augmenter.sample(x, generator=generator)] if la else None
+        return [draw()] if la else None
 
     best = {"valid_acc": -1.0, "test_acc": 0.0, "epoch": -1}
     for epoch in tqdm(range(args.epochs), desc=f"run seed={seed}", disable=args.quiet, leave=False):
