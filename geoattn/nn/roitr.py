@@ -374,13 +374,23 @@ class RPESelfAttentionBlock(nn.Module):
         q = self.query(x).view(num, heads, head_dim)
         k = self.key(x).view(num, heads, head_dim)
         v = self.value(x).view(num, heads, head_dim)
-        p = self.key_position(embedding).view(num, num, heads, head_dim)
-        score = (torch.einsum("ihd,jhd->hij", q, k) + torch.einsum("ihd,ijhd->hij", q, p)) / math.sqrt(head_dim)
+        # W_p and W_vp act on the [N, N, C] embedding; applying them to the [N, heads, C]-sized factors
+        # instead is the same sum with C / heads times fewer products:
+        #   q_i . (W_p r_ij + b_p) = (W_p^T q_i) . r_ij + q_i . b_p   (per head)
+        #   sum_j a_ij (W_vp r_ij + b_vp) = W_vp (sum_j a_ij r_ij) + b_vp sum_j a_ij
+        key_weight = self.key_position.weight.view(heads, head_dim, self.channels)
+        value_weight = self.value_position.weight.view(heads, head_dim, self.channels)
+        query_embedding = torch.einsum("ihd,hdc->ihc", q, key_weight)
+        position_score = torch.einsum("ihc,ijc->hij", query_embedding, embedding)
+        position_bias = (q * self.key_position.bias.view(heads, head_dim)).sum(-1).T.unsqueeze(-1)  # [h, i, 1]
+        score = (torch.einsum("ihd,jhd->hij", q, k) + position_score + position_bias) / math.sqrt(head_dim)
         h = torch.einsum("hij,jhd->ihd", torch.softmax(score, dim=-1), v).reshape(num, self.channels)
         off_diagonal = ~torch.eye(num, dtype=torch.bool, device=x.device).unsqueeze(0).expand_as(score)
         pos_attn = _masked_softmax(score, off_diagonal, dim=-1)
-        vp = self.value_position(embedding).view(num, num, heads, head_dim)
-        pos = torch.einsum("hij,ijhd->ihd", pos_attn, vp).reshape(num, self.channels)
+        attended = torch.einsum("hij,ijc->ihc", pos_attn, embedding)
+        pos = (torch.einsum("ihc,hdc->ihd", attended, value_weight)
+               + pos_attn.sum(-1).T.unsqueeze(-1) * self.value_position.bias.view(heads, head_dim))
+        pos = pos.reshape(num, self.channels)
         x = self.ffn(self.norm(x + self.out(h)))
         pos = self.pos_ffn(self.pos_norm(self.pos_out(pos)))
         return x, pos

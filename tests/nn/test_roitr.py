@@ -179,19 +179,27 @@ def test_self_attention_positional_state_reference():
     block = RPESelfAttentionBlock(8, heads=2).double()
     x = torch.randn(5, 8, dtype=torch.float64)
     r = torch.randn(5, 5, 8, dtype=torch.float64)
-    _, pos = block(x, r)
+    out, pos = block(x, r)
     q = block.query(x).view(5, 2, 4)
     k = block.key(x).view(5, 2, 4)
-    p = block.key_position(r).view(5, 5, 2, 4)
+    v = block.value(x).view(5, 2, 4)
+    p = block.key_position(r).view(5, 5, 2, 4)  # the block itself never forms these [N, N, C] products
     vp = block.value_position(r).view(5, 5, 2, 4)
     expected = torch.zeros(5, 2, 4, dtype=torch.float64)
+    expected_h = torch.zeros(5, 2, 4, dtype=torch.float64)
     for i in range(5):
         for head in range(2):
+            s = torch.stack([(q[i, head] @ (k[j, head] + p[i, j, head])) / 2.0 for j in range(5)])
+            expected_h[i, head] = torch.softmax(s, 0) @ v[:, head]
             others = [j for j in range(5) if j != i]
-            s = torch.stack([(q[i, head] @ (k[j, head] + p[i, j, head])) / 2.0 for j in others])
-            expected[i, head] = torch.softmax(s, 0) @ vp[i, others, head]
+            expected[i, head] = torch.softmax(s[others], 0) @ vp[i, others, head]
     expected = block.pos_ffn(block.pos_norm(block.pos_out(expected.reshape(5, 8))))
     assert torch.allclose(pos, expected, atol=1e-10)
+    expected_out = block.ffn(block.norm(x + block.out(expected_h.reshape(5, 8))))
+    assert torch.allclose(out, expected_out, atol=1e-10)
+    x.requires_grad_(True)
+    r.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: torch.cat([t.flatten() for t in block(a, b)]), (x, r))
     with pytest.raises(ValueError, match="embedding: expected shape"):
         block(x, r[:4])
 
