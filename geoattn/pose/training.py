@@ -16,7 +16,8 @@ from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
 from geoattn.pose.metrics import mpjpe, n_mpjpe, p_mpjpe
 
-__all__ = ["set_bn_momentum", "bn_momentum", "recalibrate_batch_norm", "train_epoch", "predict", "pose_metrics"]
+__all__ = ["set_bn_momentum", "bn_momentum", "recalibrate_batch_norm", "recalibrate_if_better", "train_epoch",
+           "predict", "pose_metrics"]
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
@@ -43,6 +44,10 @@ def recalibrate_batch_norm(model: nn.Module, windows: ChunkedWindows, batch_size
     weights, so eval-mode outputs drift from train-mode ones. This pass resets them and accumulates exact
     averages (``momentum=None``) over ``windows`` (or ``max_items`` random ones) with dropout off; the
     weights are untouched. The model is left in eval mode with its previous momenta.
+
+    Batches are drawn in a random (seeded by ``rng``) order: a batch-norm variance is the mean of
+    per-batch variances, which matches the variance over all windows only when every batch is a random
+    sample (consecutive windows of one sequence and camera are nearly alike).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
@@ -51,15 +56,37 @@ def recalibrate_batch_norm(model: nn.Module, windows: ChunkedWindows, batch_size
         norm.reset_running_stats()
         norm.momentum = None
         norm.train()
-    order = np.arange(len(windows))
+    order = (rng or np.random.default_rng(0)).permutation(len(windows))
     if max_items is not None and max_items < len(order):
-        order = (rng or np.random.default_rng(0)).choice(order, max_items, replace=False)
+        order = order[:max_items]
     for begin in range(0, len(order), batch_size):
         inputs, _ = windows.get(order[begin:begin + batch_size])
         model(inputs.to(device))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()
+
+
+def recalibrate_if_better(model: nn.Module, windows: ChunkedWindows, score, batch_size: int = 1024,
+                          device: torch.device | str = "cpu", rng: np.random.Generator | None = None) -> bool:
+    """Recalibrate batch norm on ``windows`` (:func:`recalibrate_batch_norm`) and keep the new statistics only
+    if they lower ``score(model)`` (a callable returning an error on held-out validation data).
+
+    The running averages gathered during training are sometimes the better estimate (they average over
+    many epochs of augmented data) and sometimes not (they lag behind the weights), so the choice is made
+    on validation data. Returns whether the recalibrated statistics were kept; the model ends in eval mode.
+    """
+    model.eval()
+    before = score(model)
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    recalibrate_batch_norm(model, windows, batch_size=batch_size, device=device, rng=rng)
+    if score(model) < before:
+        return True
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(saved[name])
+    model.eval()
+    return False
 
 
 def train_epoch(model: nn.Module, windows: ChunkedWindows, optimizer: torch.optim.Optimizer, batch_size: int,

@@ -3,8 +3,8 @@ import torch
 
 from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.models import GLAGCN
-from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, set_bn_momentum,
-                                    train_epoch)
+from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, recalibrate_if_better,
+                                   set_bn_momentum, train_epoch)
 
 
 class MirrorConsistent(torch.nn.Module):
@@ -56,3 +56,20 @@ def test_recalibrate_batch_norm_matches_exact_statistics():
     flat = inputs.reshape(10, 3, 34).transpose(1, 2)
     assert torch.allclose(model.input_norm.running_mean, flat.mean((0, 2)), atol=1e-5)
     assert model.input_norm.momentum == 0.3 and not model.training
+
+
+def test_recalibrate_if_better_keeps_only_improving_statistics():
+    poses = np.random.default_rng(1).normal(loc=0.5, size=(10, 17, 2)).astype(np.float32)
+    windows = ChunkedWindows([poses], None, receptive_field=3)
+    model = GLAGCN(channels=8, filter_widths=(3,))
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+    def mean_size(m):
+        return float(m.input_norm.running_mean.abs().sum())
+
+    assert not recalibrate_if_better(model, windows, mean_size, batch_size=5)  # the fresh zeros score best
+    assert all(torch.equal(before[name], buffer) for name, buffer in model.named_buffers())
+    assert recalibrate_if_better(model, windows, lambda m: -mean_size(m), batch_size=5)
+    inputs, _ = windows.get(np.arange(10))
+    assert torch.allclose(model.input_norm.running_mean, inputs.reshape(10, 3, 34).mean((0, 1)), atol=1e-5)
+    assert not model.training
