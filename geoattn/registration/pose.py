@@ -1,5 +1,5 @@
 """Rigid pose from weighted correspondences: second-order spatial compatibility (SC2), local-to-global
-registration (LGR) and RANSAC.
+registration (LGR) and RANSAC; point-to-plane ICP to refine a pose on the clouds themselves.
 
 Both return a 4x4 ``T`` mapping source into target (``p' = p @ R.T + t``) and are deterministic
 given their inputs (RANSAC takes a ``torch.Generator``).
@@ -12,10 +12,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from geoattn.sparse.geometry import transform_points, weighted_kabsch
+from geoattn.sparse.geometry import make_transform, quaternion_to_matrix, transform_points, weighted_kabsch
+from geoattn.sparse.neighbors import knn
 
-__all__ = ["PoseEstimate", "compatibility_registration", "local_to_global_registration", "ransac_registration",
-           "refine_pose"]
+__all__ = ["PoseEstimate", "compatibility_registration", "local_to_global_registration", "point_to_plane_icp",
+           "ransac_registration", "refine_pose"]
 
 
 class PoseEstimate(NamedTuple):
@@ -212,3 +213,56 @@ def compatibility_registration(
     inlier_counts = (_residuals(hypotheses, src, tgt) < acceptance_radius).sum(dim=1)
     best = hypotheses[int(inlier_counts.argmax())]
     return refine_pose(best, src, tgt, weights, acceptance_radius, refine_iterations)
+
+
+def point_to_plane_icp(
+    src: Tensor,
+    tgt: Tensor,
+    tgt_normal: Tensor,
+    transform: Tensor,
+    max_distance: float,
+    iterations: int = 30,
+    tolerance: float = 1e-6,
+) -> Tensor:
+    r"""Refine ``transform`` (source into target) by point-to-plane ICP on the clouds themselves.
+
+    Each iteration pairs every moved source point with its nearest target point, keeps pairs closer than
+    ``max_distance`` and solves the linearised problem
+    :math:`\min_{\omega, \tau} \sum_i ((p_i - q_i)\cdot n_i + \omega\cdot(p_i \times n_i) + \tau\cdot n_i)^2`
+    (a 6x6 normal system in float64) for a small rotation :math:`\omega` and translation :math:`\tau`,
+    applied on the left. Stops after ``iterations`` or when the update is below ``tolerance`` (radians /
+    units). With fewer than six pairs the pose is returned unchanged.
+
+    ``src [N, 3]``, ``tgt [M, 3]``, ``tgt_normal [M, 3]`` (unit), ``transform [4, 4]`` -> ``[4, 4]`` (the
+    dtype of ``transform``).
+    """
+    if src.dim() != 2 or src.size(1) != 3 or tgt.dim() != 2 or tgt.size(1) != 3:
+        raise ValueError(f"src, tgt: expected [N, 3] and [M, 3], got {tuple(src.shape)} and {tuple(tgt.shape)}")
+    if tgt_normal.shape != tgt.shape:
+        raise ValueError(f"tgt_normal: expected shape {tuple(tgt.shape)} like tgt, got {tuple(tgt_normal.shape)}")
+    if transform.shape != (4, 4):
+        raise ValueError(f"transform: expected [4, 4], got {tuple(transform.shape)}")
+    if not max_distance > 0:
+        raise ValueError(f"max_distance: expected a positive distance, got {max_distance}")
+    current = transform.double()
+    src64, tgt64, normal64 = src.double(), tgt.double(), tgt_normal.double()
+    for _ in range(iterations):
+        moved = transform_points(src64, current)
+        nearest, dist2 = knn(tgt64, moved, 1)
+        close = (nearest[:, 0] >= 0) & (dist2[:, 0] < max_distance**2)
+        if int(close.sum()) < 6:
+            break
+        p, q, n = moved[close], tgt64[nearest[close, 0]], normal64[nearest[close, 0]]
+        design = torch.cat([torch.linalg.cross(p, n, dim=1), n], dim=1)  # [K, 6]
+        residual = ((p - q) * n).sum(1)
+        normal_matrix = design.T @ design + 1e-12 * torch.eye(6, dtype=torch.float64, device=src.device)
+        update = torch.linalg.solve(normal_matrix, -(design.T @ residual))
+        omega, tau = update[:3], update[3:]
+        angle = omega.norm()
+        half = 0.5 * angle
+        axis = omega / angle if float(angle) > 0 else omega
+        rotation = quaternion_to_matrix(torch.cat([half.cos().view(1), half.sin() * axis]))
+        current = make_transform(rotation, tau) @ current
+        if float(angle) < tolerance and float(tau.norm()) < tolerance:
+            break
+    return current.to(transform.dtype)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from geoattn.registration.metrics import relative_rotation_error, relative_translation_error
-from geoattn.registration.pose import compatibility_registration, local_to_global_registration, ransac_registration
-from geoattn.sparse.geometry import make_transform, random_rotation, transform_points
+from geoattn.registration.pose import (compatibility_registration, local_to_global_registration, point_to_plane_icp,
+                                       ransac_registration)
+from geoattn.sparse.geometry import estimate_normals, make_transform, quaternion_to_matrix, random_rotation, transform_points
 
 
 def _problem(n=300, outliers=0.6, seed=0):
@@ -94,3 +95,38 @@ def test_compatibility_degenerate_and_bad_inputs():
         compatibility_registration(torch.rand(5, 3), torch.rand(5, 3), torch.ones(4))
     with pytest.raises(ValueError, match="num_seeds"):
         compatibility_registration(torch.rand(5, 3), torch.rand(5, 3), num_seeds=0)
+
+
+def _surface(n=2000, seed=0):
+    """Points on a wavy height field (no sliding symmetry), in float64."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 2
+    z = 0.3 * torch.sin(3 * xy[:, :1]) * torch.cos(2 * xy[:, 1:]) + 0.1 * xy[:, :1] ** 2
+    return torch.cat([xy, z], 1)
+
+
+def test_point_to_plane_icp_refines_a_close_pose():
+    tgt = _surface()
+    truth = make_transform(quaternion_to_matrix(torch.tensor([1.0, 0.02, -0.03, 0.01], dtype=torch.float64)),
+                           torch.tensor([0.05, -0.04, 0.03], dtype=torch.float64))
+    src = transform_points(_surface(seed=1), torch.linalg.inv(truth))  # another sampling of the same surface
+    start = make_transform(quaternion_to_matrix(torch.tensor([1.0, 0.0, 0.0, 0.03], dtype=torch.float64)),
+                           torch.tensor([0.1, 0.0, -0.05], dtype=torch.float64)) @ truth
+    refined = point_to_plane_icp(src, tgt, estimate_normals(tgt), start, max_distance=0.3)
+    assert float(relative_rotation_error(start, truth)) > 3.0
+    assert float(relative_rotation_error(refined, truth)) < 0.3
+    assert float(relative_translation_error(refined, truth)) < 0.01
+    assert refined.dtype == torch.float64
+
+
+def test_point_to_plane_icp_degenerate_and_bad_inputs():
+    tgt = _surface(100)
+    far = make_transform(torch.eye(3, dtype=torch.float64), torch.tensor([10.0, 0, 0], dtype=torch.float64))
+    # no pair within max_distance: the pose comes back unchanged
+    assert torch.equal(point_to_plane_icp(tgt, tgt, estimate_normals(tgt), far, 0.1), far)
+    with pytest.raises(ValueError, match="tgt_normal"):
+        point_to_plane_icp(tgt, tgt, tgt[:5], far, 0.1)
+    with pytest.raises(ValueError, match="transform"):
+        point_to_plane_icp(tgt, tgt, tgt, far[:3], 0.1)
+    with pytest.raises(ValueError, match="max_distance"):
+        point_to_plane_icp(tgt, tgt, tgt, far, 0.0)
