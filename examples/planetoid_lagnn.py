@@ -14,6 +14,14 @@ and the test accuracy is read with the matrix of the selected epoch.
 
     python examples/planetoid_lagnn.py --root DATA/planetoid --dataset Cora --model gcn --runs 10 --json
 
+Cost: an LA epoch is K + 1 = 5 decoder draws of an [N, F] matrix plus K passes with dropout on it;
+``LocalAugmenter.sampler`` caches the decoder's centre term and decodes in bfloat16 where the CPU has
+native bf16 products (``benchmarks/lagnn_epoch.py``: ~2.7x cheaper epochs on Cora than per-draw float32
+``sample`` + ``F.dropout``). LA-GCN's validation loss keeps falling for ~800 epochs on Cora, so runs are
+long even with patience 100. ``--sample-pool S`` (S matrices drawn once per run, fresh dropout per step)
+roughly halves the epoch cost but departs from the paper's fresh draws; ``--trace`` records every
+epoch's validation and test figures in ``--checkpoint`` to study stopping rules offline.
+
 ``--root`` must hold ``<Dataset>/raw/ind.<dataset>.*`` (the Planetoid files); they are copied to a
 temporary folder first, so nothing is written next to them.
 """

@@ -16,9 +16,11 @@ def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):
     generator, checkpoint = tmp_path / "cora_generator.pt", tmp_path / "runs.json"
     common = ["--root", str(root), "--dataset", "Cora", "--model", "gcn", "--epochs", "3", "--generator",
               str(generator), "--generator-steps", "3", "--checkpoint", str(checkpoint), "--quiet", "--json",
-              "--sample-pool", "2"]
+              "--sample-pool", "2", "--trace"]
     first = example.main(common + ["--runs", "1"])
     assert generator.is_file() and first["runs"] == 1 and first["generator_seconds"] > 0
+    trace = json.loads(checkpoint.read_text())["runs"][0]["trace"]  # (val loss, val acc, test acc) per epoch
+    assert len(trace) == 3 and all(len(epoch) == 3 for epoch in trace)
     assert 0.0 <= first["test_acc_mean"] <= 100.0 and first["epochs_run_mean"] == 3
     second = example.main(common + ["--runs", "2", "--resume"])
     assert second["runs"] == 2 and second["generator_seconds"] == 0.0  # generator reloaded, run 0 reused
