@@ -185,9 +185,11 @@ class PPFAttention(nn.Module):
         v = self.value(h)[safe] + nn.functional.linear(ppf, *self._folded(self.value_position))
         k = k.view(num_queries, group, heads, head_dim)
         v = v.view(num_queries, group, heads, head_dim)
-        score = torch.einsum("mhd,mkhd->mkh", q, k) / math.sqrt(head_dim)
+        # broadcast products rather than einsum: einsum runs these as M * heads tiny matrix products,
+        # 2-4x slower on CPU for groups of 8-16 points
+        score = (q.unsqueeze(1) * k).sum(-1) / math.sqrt(head_dim)
         attn = _masked_softmax(score, valid.unsqueeze(-1).expand_as(score), dim=1)
-        y = torch.einsum("mkh,mkhd->mhd", attn, v).reshape(num_queries, self.hidden_channels)
+        y = (attn.unsqueeze(-1) * v).sum(1).reshape(num_queries, self.hidden_channels)
         y = self.norm(self.attn_out(y) + centre)
         return self.out_proj(y)
 
