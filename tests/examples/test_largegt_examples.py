@@ -81,4 +81,8 @@ def test_planetoid_example_on_cora(real_data, capsys):
     assert example.main(args) == 0
     summary = last_json(capsys.readouterr().out)
     assert summary["runs"] == 1 and 0.0 <= summary["test_acc_mean"] <= 1.0 and summary["test_acc_std"] == 0.0
+    # the other token / feature / evaluation options of the Cora defaults, switched the other way
+    assert example.main(args + ["--normalize-features", "--global-input", "raw", "--no-resample"]) == 0
+    summary = last_json(capsys.readouterr().out)
+    assert summary["runs"] == 1 and 0.0 <= summary["test_acc_mean"] <= 1.0 and summary["test_acc_std"] == 0.0
     assert example.main(["--root", str(real_data), "--dataset", "Cora"]) == 2
