@@ -190,7 +190,9 @@ class RoITrRegistration:
             but keeping inference in eval mode is a guard against label leakage in future heads).
         voxel_size: downsampling grid of the user's clouds, in their units (``None``: the model's own).
         max_points: cap per cloud after downsampling.
-        num_coarse: superpoint pairs kept by coarse matching; point_limit: points per patch.
+        num_coarse: superpoint pairs kept by coarse matching (``None``: two per superpoint of the smaller
+            cloud, at most 256; GeoTransformer's 256 for about 470 superpoints is about one per two, and on
+            small clouds a fixed 256 mostly adds wrong pairs and transport cost); point_limit: points per patch.
         fine_topk / fine_threshold: mutual top-k and confidence threshold of the fine matching.
         sinkhorn_iterations: optimal-transport iterations at inference (``None``: the model's own, 100 in
             training). The default 10 gives the same correspondences as 100 on the measured pairs: the mutual
@@ -205,7 +207,8 @@ class RoITrRegistration:
     """
 
     def __init__(self, model: RoITr, voxel_size: float | None = None, max_points: int = 12000,
-                 num_coarse: int = 256, point_limit: int = 64, fine_topk: int = 3, fine_threshold: float = 0.05,
+                 num_coarse: int | None = None, point_limit: int = 64, fine_topk: int = 3,
+                 fine_threshold: float = 0.05,
                  estimator: str = "sc2", acceptance_radius: float | None = None, icp: bool = False,
                  normal_k: int = 16, seed: int = 0, sinkhorn_iterations: int | None = 10,
                  refine_iterations: int = 30):
@@ -234,7 +237,10 @@ class RoITrRegistration:
               ) -> tuple[RoITrOutput, Correspondences]:
         """Descriptors and correspondences of prepared clouds (model units)."""
         output = self.model(src_pos, src_normal, tgt_pos, tgt_normal)
-        return output, match_output(self.model, output, self.num_coarse, self.point_limit, self.fine_topk,
+        num_coarse = self.num_coarse
+        if num_coarse is None:
+            num_coarse = min(256, 2 * min(output.src_nodes.size(0), output.tgt_nodes.size(0)))
+        return output, match_output(self.model, output, num_coarse, self.point_limit, self.fine_topk,
                                     self.fine_threshold, self.sinkhorn_iterations)
 
     def __call__(self, src: Tensor, tgt: Tensor) -> RegistrationResult:
