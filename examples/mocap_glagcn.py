@@ -42,7 +42,7 @@ held-out cameras): 48.7 / 34.3 mm for GLA-GCN and 57.9 / 45.7 mm for the baselin
 37.6 / 30.3 mm for GLA-GCN after 45 epochs; dropout 0 and 40-degree limb turns were worse there. The
 issue's target (<= 45 mm on the last 30 %) is not met: most of the remaining error is the right arm,
 raised sideways above the shoulder in 81 of the 125 evaluation frames but in only 37 of the 290
-training frames (right-wrist error after Procrustes alignment about 150 mm on average, 260-340 mm
+training frames (right-wrist error after Procrustes alignment about 140 mm on average, 260-320 mm
 before alignment from two of the four evaluation cameras).
 
 ``--train-bvh`` / ``--eval-bvh`` read BVH files instead (mapped to H36M-17 by joint names; 50 fps).
