@@ -442,10 +442,12 @@ def fps(
     *,
     backend: str | None = None,
 ) -> Tensor:
-    r"""Furthest point sampling, per batch element, deterministic.
+    r"""Furthest point sampling, per batch element.
 
     Starts from the first point of each batch element, then repeatedly takes the point whose squared
-    distance to the samples so far is largest (the lowest index on ties).
+    distance to the samples so far is largest. The torch backend takes the lowest index on ties and is
+    deterministic; open3d's multithreaded argmax may take any of several exactly tied points (lattices,
+    duplicated points), so there only untied inputs give a reproducible order.
 
     Args:
         pos: points ``[N, 3]``.
