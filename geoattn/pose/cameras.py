@@ -127,15 +127,21 @@ def random_cameras(num_cameras: int, target: Sequence[float], rng: np.random.Gen
     return cameras
 
 
-def render_pairs(poses_world: np.ndarray, camera: Camera, root: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(poses_2d, poses_3d)`` for one camera: ``[T, V, 2]`` normalised screen coordinates of the
-    projection and ``[T, V, 3]`` root-relative camera-frame positions (float32)."""
+def _sequence_in_camera(poses_world, camera: Camera) -> np.ndarray:
+    """``[T, V, 3]`` world poses in ``camera``'s frame (float64), all joints in front of it."""
     poses_world = np.asarray(poses_world, dtype=np.float64)
     if poses_world.ndim != 3 or poses_world.shape[-1] != 3:
         raise ValueError(f"poses_world: expected a (T, V, 3) array, got shape {poses_world.shape}")
     in_camera = world_to_camera(poses_world, camera)
     if (in_camera[..., 2] <= 0).any():
         raise ValueError("camera: some joints lie behind the camera; move it further away")
+    return in_camera
+
+
+def render_pairs(poses_world: np.ndarray, camera: Camera, root: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(poses_2d, poses_3d)`` for one camera: ``[T, V, 2]`` normalised screen coordinates of the
+    projection and ``[T, V, 3]`` root-relative camera-frame positions (float32)."""
+    in_camera = _sequence_in_camera(poses_world, camera)
     pixels = project_to_pixels(in_camera, camera, distort=False)
     poses_2d = normalize_screen_coordinates(pixels, camera.width, camera.height)
     return poses_2d.astype(np.float32), root_relative(in_camera, root).astype(np.float32)
@@ -190,12 +196,7 @@ def ray_aligned_pairs(poses_world: np.ndarray, camera: Camera, root: int = 0) ->
     (root-relative, rotated into the same frame, float32), ``rotations [T, 3, 3])``;
     ``ray_frame_to_camera(poses_3d, rotations)`` gives :func:`render_pairs`' 3D poses back.
     """
-    poses_world = np.asarray(poses_world, dtype=np.float64)
-    if poses_world.ndim != 3 or poses_world.shape[-1] != 3:
-        raise ValueError(f"poses_world: expected a (T, V, 3) array, got shape {poses_world.shape}")
-    in_camera = world_to_camera(poses_world, camera)
-    if (in_camera[..., 2] <= 0).any():
-        raise ValueError("camera: some joints lie behind the camera; move it further away")
+    in_camera = _sequence_in_camera(poses_world, camera)
     aligned, rotations = ray_aligned_keypoints(project_to_pixels(in_camera, camera, distort=False), camera, root)
     poses_3d = np.einsum("tij,tvj->tvi", rotations, root_relative(in_camera, root))
     return aligned, poses_3d.astype(np.float32), rotations

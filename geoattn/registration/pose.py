@@ -57,6 +57,13 @@ def refine_pose(transform: Tensor, src: Tensor, tgt: Tensor, weights: Tensor, ra
     return PoseEstimate(transform, inliers)
 
 
+def _refine_best_hypothesis(hypotheses: Tensor, src: Tensor, tgt: Tensor, weights: Tensor, radius: float,
+                            iterations: int) -> PoseEstimate:
+    """The hypothesis ``[H, 4, 4]`` with most correspondences within ``radius``, refined by :func:`refine_pose`."""
+    inlier_counts = (_residuals(hypotheses, src, tgt) < radius).sum(dim=1)
+    return refine_pose(hypotheses[int(inlier_counts.argmax())], src, tgt, weights, radius, iterations)
+
+
 def local_to_global_registration(
     src: Tensor,
     tgt: Tensor,
@@ -93,9 +100,7 @@ def local_to_global_registration(
     padded_tgt[local[order], slot] = tgt[order]
     padded_w[local[order], slot] = weights[order]
     hypotheses = weighted_kabsch(padded_src[usable], padded_tgt[usable], padded_w[usable])
-    inlier_counts = (_residuals(hypotheses, src, tgt) < acceptance_radius).sum(dim=1)
-    best = hypotheses[int(inlier_counts.argmax())]
-    return refine_pose(best, src, tgt, weights, acceptance_radius, refine_iterations)
+    return _refine_best_hypothesis(hypotheses, src, tgt, weights, acceptance_radius, refine_iterations)
 
 
 def ransac_registration(
@@ -210,9 +215,7 @@ def compatibility_registration(
     members = torch.cat([seeds[:, None], partners], dim=1)
     member_weights = torch.cat([torch.ones_like(partner_score[:, :1]), (partner_score > 0).to(src.dtype)], dim=1)
     hypotheses = weighted_kabsch(sub_src[members], sub_tgt[members], member_weights)
-    inlier_counts = (_residuals(hypotheses, src, tgt) < acceptance_radius).sum(dim=1)
-    best = hypotheses[int(inlier_counts.argmax())]
-    return refine_pose(best, src, tgt, weights, acceptance_radius, refine_iterations)
+    return _refine_best_hypothesis(hypotheses, src, tgt, weights, acceptance_radius, refine_iterations)
 
 
 def point_to_plane_icp(
