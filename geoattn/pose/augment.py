@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from geoattn.nn.glagcn import H36M_PARENTS
-from geoattn.sparse.geometry import quaternion_to_matrix
+from geoattn.sparse.geometry import axis_angle_to_matrix
 
 __all__ = ["LIMB_JOINTS", "random_limb_rotations"]
 
@@ -51,9 +51,8 @@ def random_limb_rotations(poses: np.ndarray, rng: np.random.Generator, max_degre
             continue
         axis = rng.normal(size=3)
         axis /= max(np.linalg.norm(axis), 1e-12)
-        half_angle = np.deg2rad(rng.uniform(0.0, max_degrees)) / 2
-        quaternion = np.concatenate([[np.cos(half_angle)], np.sin(half_angle) * axis])
-        rotation = quaternion_to_matrix(torch.from_numpy(quaternion)).numpy()
+        angle = np.deg2rad(rng.uniform(0.0, max_degrees))
+        rotation = axis_angle_to_matrix(torch.from_numpy(angle * axis)).numpy()
         pivot = out[:, joint:joint + 1]
         out[:, below] = (out[:, below] - pivot) @ rotation.T + pivot
     return out.astype(np.float32)

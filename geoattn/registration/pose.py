@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from geoattn.sparse.geometry import make_transform, quaternion_to_matrix, transform_points, weighted_kabsch
+from geoattn.sparse.geometry import axis_angle_to_matrix, make_transform, transform_points, weighted_kabsch
 from geoattn.sparse.neighbors import knn
 
 __all__ = ["PoseEstimate", "compatibility_registration", "local_to_global_registration", "point_to_plane_icp",
@@ -261,11 +261,7 @@ def point_to_plane_icp(
         normal_matrix = design.T @ design + 1e-12 * torch.eye(6, dtype=torch.float64, device=src.device)
         update = torch.linalg.solve(normal_matrix, -(design.T @ residual))
         omega, tau = update[:3], update[3:]
-        angle = omega.norm()
-        half = 0.5 * angle
-        axis = omega / angle if float(angle) > 0 else omega
-        rotation = quaternion_to_matrix(torch.cat([half.cos().view(1), half.sin() * axis]))
-        current = make_transform(rotation, tau) @ current
-        if float(angle) < tolerance and float(tau.norm()) < tolerance:
+        current = make_transform(axis_angle_to_matrix(omega), tau) @ current
+        if float(omega.norm()) < tolerance and float(tau.norm()) < tolerance:
             break
     return current.to(transform.dtype)

@@ -48,6 +48,7 @@ from geoattn.sparse.geometry import (
     point_pair_features,
     project_to_image,
     quaternion_to_matrix,
+    axis_angle_to_matrix,
     random_rotation,
     transform_points,
     vector_angle,

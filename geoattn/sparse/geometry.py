@@ -22,6 +22,7 @@ __all__ = [
     "point_pair_features",
     "estimate_normals",
     "quaternion_to_matrix",
+    "axis_angle_to_matrix",
     "random_rotation",
     "make_transform",
     "compose_transforms",
@@ -229,6 +230,16 @@ def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
         2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
     ]  # fmt: skip
     return torch.stack(rows, -1).reshape(quaternion.shape[:-1] + (3, 3))
+
+
+def axis_angle_to_matrix(rotation_vector: Tensor) -> Tensor:
+    r"""Rotation matrices ``[..., 3, 3]`` from rotation vectors ``[..., 3]`` (axis times angle in radians,
+    right-handed); the zero vector gives the identity."""
+    _check_tensor("rotation_vector", rotation_vector, (3,), min_dim=1)
+    angle = rotation_vector.norm(dim=-1, keepdim=True)
+    # sin(angle / 2) / angle * v: the axis is never divided out where the angle is 0
+    scale = torch.where(angle > 0, (0.5 * angle).sin() / torch.where(angle > 0, angle, 1.0), 0.5)
+    return quaternion_to_matrix(torch.cat([(0.5 * angle).cos(), scale * rotation_vector], -1))
 
 
 def random_rotation(

@@ -18,6 +18,7 @@ from geoattn.sparse.geometry import (
     make_transform,
     point_pair_features,
     project_to_image,
+    axis_angle_to_matrix,
     quaternion_to_matrix,
     random_rotation,
     transform_points,
@@ -194,6 +195,23 @@ def test_quaternion_to_matrix_matches_axis_angle():
     )
     assert torch.allclose(quaternion_to_matrix(quaternion), expected)
     assert torch.allclose(quaternion_to_matrix(3 * quaternion), expected)  # normalised
+
+
+def test_axis_angle_to_matrix_matches_rodrigues_and_handles_zero():
+    vectors = torch.tensor([[0.0, 0.0, 0.7], [0.3, -1.2, 0.5], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    got = axis_angle_to_matrix(vectors)
+    for vector, rotation in zip(vectors, got):
+        angle = vector.norm()
+        axis = vector / angle if angle > 0 else vector
+        cross = torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]],
+                             dtype=torch.float64)
+        expected = torch.eye(3, dtype=torch.float64) + angle.sin() * cross + (1 - angle.cos()) * cross @ cross
+        assert torch.allclose(rotation, expected)
+    assert torch.equal(got[2], torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rotation_vector"):
+        axis_angle_to_matrix(torch.zeros(2, 4))
+    # differentiable away from zero
+    assert torch.autograd.gradcheck(axis_angle_to_matrix, (vectors[:2].clone().requires_grad_(),))
 
 
 @settings(max_examples=25, deadline=None)
