@@ -46,10 +46,21 @@ _FORMAT = "geoattn.LocalAugmenter/1"
 _VARIANTS = ("citation", "ogb")
 
 
+def _row_divisors(x: Tensor) -> Tensor:
+    total = x.sum(dim=-1, keepdim=True)
+    return torch.where(total == 0, torch.ones_like(total), total)
+
+
 def row_normalize(x: Tensor) -> Tensor:
     """Divide every row by its sum (rows summing to 0 stay 0), as Kipf-style citation features."""
-    total = x.sum(dim=-1, keepdim=True)
-    return x / torch.where(total == 0, torch.ones_like(total), total)
+    return x / _row_divisors(x)
+
+
+def _activate(variant: str, logits: Tensor, inplace: bool = False) -> Tensor:
+    """The generator's output activation: sigmoid (citation, probabilities of words) or tanh (OGB)."""
+    if variant == "citation":
+        return torch.sigmoid_(logits) if inplace else torch.sigmoid(logits)
+    return torch.tanh_(logits) if inplace else torch.tanh(logits)
 
 
 def _check_features(name: str, x: Tensor, num_features: int) -> None:
@@ -126,13 +137,10 @@ class LocalAugmenter(nn.Module):
         hidden = self.encoder(torch.cat([x_neighbor, x_center], dim=-1))
         return self.mean_head(hidden), self.log_var_head(hidden)
 
-    def _activate(self, logits: Tensor) -> Tensor:
-        return torch.sigmoid(logits) if self.variant == "citation" else torch.tanh(logits)
-
     def decode(self, z: Tensor, x_center: Tensor) -> Tensor:
         """Generated features for latent codes ``z [B, L]`` and centres ``x_center [B, F]``."""
         hidden = self.decoder_hidden(self.decoder_input(torch.cat([z, x_center], dim=-1)))
-        return self._activate(self.decoder_output(hidden))
+        return _activate(self.variant, self.decoder_output(hidden))
 
     def forward(self, x_neighbor: Tensor, x_center: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         _check_features("x_neighbor", x_neighbor, self.num_features)
@@ -363,10 +371,9 @@ class CachedSampler:
         # the [N, F] passes below run in place on one buffer: for wide bag-of-words F they cost about as
         # much as the output matrix product (and bfloat16 elementwise maths is slow on CPUs)
         x_hat = logits.to(torch.promote_types(self.out_dtype, torch.float32))
-        x_hat = torch.sigmoid_(x_hat) if self.variant == "citation" else torch.tanh_(x_hat)
+        x_hat = _activate(self.variant, x_hat, inplace=True)
         if self.normalize:
-            total = x_hat.sum(dim=-1, keepdim=True)
-            x_hat.div_(torch.where(total == 0, torch.ones_like(total), total))
+            x_hat.div_(_row_divisors(x_hat))
         return x_hat.to(self.out_dtype)
 
 
