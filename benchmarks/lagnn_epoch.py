@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import geoattn.models.lagnn as lagnn
+from geoattn import backends
 from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LAGCN
 from geoattn.nn import LocalAugmenter, consistency_loss, row_normalize
@@ -71,8 +72,7 @@ def main(argv=None) -> dict:
     x_raw = data.x
     x = row_normalize(x_raw).to_sparse()
     augmenter = LocalAugmenter.load(args.generator) if args.generator else LocalAugmenter(x_raw.size(1)).eval()
-    native_bf16 = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    sample_dtype = torch.bfloat16 if native_bf16 else torch.float32
+    sample_dtype = torch.bfloat16 if backends.cpu_native_bf16() else torch.float32
     generator = torch.Generator().manual_seed(0)
     draws = {
         "plain": lambda: augmenter.sample(x_raw, generator=generator, normalize=True),

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from geoattn import backends
 from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE
 from geoattn.nn import LocalAugmenter, UncertaintySelector, consistency_loss, row_normalize
@@ -160,12 +161,7 @@ def fit_generator(args, data, device):
 def generation_dtype(name: str, device: torch.device) -> torch.dtype:
     """The decoder's sampling dtype for ``--generation-dtype``."""
     if name == "auto":
-        native_bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available()
-        try:
-            native_bf16 = native_bf16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            native_bf16 = False
-        return torch.bfloat16 if native_bf16 else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and backends.cpu_native_bf16() else torch.float32
     return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 

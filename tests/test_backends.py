@@ -17,3 +17,8 @@ def test_describe_has_core_versions():
     info = backends.describe()
     assert info["torch"] and info["python"]
     assert info["scatter backend"] in ("native torch",) or info["scatter backend"].startswith("torch_scatter")
+
+
+def test_cpu_native_bf16_is_a_cached_bool():
+    assert isinstance(backends.cpu_native_bf16(), bool)
+    assert backends.cpu_native_bf16() is backends.cpu_native_bf16()
