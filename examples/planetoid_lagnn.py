@@ -219,6 +219,13 @@ class EpochSelector:
         return self.patience is not None and epoch - self.last_improvement >= self.patience
 
 
+def validation_halves(val_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation nodes split into two fixed random halves (the same for every run and seed)."""
+    nodes = val_mask.nonzero().view(-1)
+    order = torch.randperm(len(nodes), generator=torch.Generator().manual_seed(0)).to(nodes.device)
+    return nodes[order[: len(nodes) // 2]], nodes[order[len(nodes) // 2:]]
+
+
 def train_run(args, hp, data, augmenter, seed, device, la):
     torch.manual_seed(seed)
     model = build_model(args, hp, data.x.size(1), int(data.y.max()) + 1, la).to(device)
@@ -243,7 +250,10 @@ def train_run(args, hp, data, augmenter, seed, device, la):
     samples = hp["samples"] if la else 1
     best = {"val_loss": math.inf, "val_acc": 0.0, "test_acc": 0.0, "epoch": -1}
     selector = EpochSelector(hp["selection"], hp["patience"])
-    trace = [] if args.trace else None  # per epoch: (val loss, val acc, test acc), for offline analysis
+    # per epoch: (val loss, val acc, test acc, then loss and accuracy on each half of the validation nodes)
+    # for offline study of stopping/selection rules: one half picks the epoch, the other scores the pick
+    trace = [] if args.trace else None
+    val_halves = validation_halves(val) if args.trace else None
     bar = tqdm(range(hp["epochs"]), desc=f"run seed={seed}", disable=args.quiet, leave=False)
     for epoch in bar:
         model.train()
@@ -263,7 +273,12 @@ def train_run(args, hp, data, augmenter, seed, device, la):
             prediction = logits.argmax(dim=-1)
             val_acc = float((prediction[val] == y[val]).float().mean())
             if trace is not None:
-                trace.append((round(val_loss, 5), val_acc, float((prediction[test] == y[test]).float().mean())))
+                halves = []
+                for half in val_halves:
+                    halves += [round(float(F.cross_entropy(logits[half], y[half])), 5),
+                               float((prediction[half] == y[half]).float().mean())]
+                trace.append((round(val_loss, 5), val_acc, float((prediction[test] == y[test]).float().mean()),
+                              *halves))
         if selector.update(epoch, val_loss, val_acc):
             best = {"val_loss": val_loss, "epoch": epoch, "val_acc": val_acc,
                     "test_acc": float((prediction[test] == y[test]).float().mean())}

@@ -19,8 +19,12 @@ def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):
               "--sample-pool", "2", "--trace"]
     first = example.main(common + ["--runs", "1"])
     assert generator.is_file() and first["runs"] == 1 and first["generator_seconds"] > 0
-    trace = json.loads(checkpoint.read_text())["runs"][0]["trace"]  # (val loss, val acc, test acc) per epoch
-    assert len(trace) == 3 and all(len(epoch) == 3 for epoch in trace)
+    # per epoch: val loss, val acc, test acc, then (loss, acc) on each half of the validation nodes
+    trace = json.loads(checkpoint.read_text())["runs"][0]["trace"]
+    assert len(trace) == 3 and all(len(epoch) == 7 for epoch in trace)
+    for epoch in trace:  # the halves have 250 nodes each: their mean is the whole set's figure
+        assert epoch[1] == pytest.approx((epoch[4] + epoch[6]) / 2, abs=1e-6)
+        assert epoch[0] == pytest.approx((epoch[3] + epoch[5]) / 2, abs=1e-4)
     assert 0.0 <= first["test_acc_mean"] <= 100.0 and first["epochs_run_mean"] == 3
     second = example.main(common + ["--runs", "2", "--resume"])
     assert second["runs"] == 2 and second["generator_seconds"] == 0.0  # generator reloaded, run 0 reused

@@ -190,3 +190,24 @@ def test_lagat_elu_alpha():
     torch.testing.assert_close(model(x, edge_index, [x_hat]), model.out_conv(hidden, edge_index))
     with pytest.raises(ValueError, match="elu_alpha"):
         LAGAT(NUM_FEATURES, 4, NUM_CLASSES, elu_alpha=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_input_dropout_bitmask_path_equals_multiplication(dtype):
+    """Without autograd the dense mask is applied as a bitwise AND; it must give exactly the entries the
+    boolean-multiplication path (taken when x requires grad) gives for the same random bits."""
+    from geoattn.models.lagnn import input_dropout
+
+    x = (torch.rand(37, 29, dtype=torch.float64) + 0.1).to(dtype)
+    for p in (0.5, 0.6):
+        torch.manual_seed(3)
+        masked = input_dropout(x, p, training=True)
+        torch.manual_seed(3)
+        multiplied = input_dropout(x.clone().requires_grad_(), p, training=True)
+        assert masked.dtype == dtype and not masked.requires_grad
+        assert torch.equal(masked, multiplied.detach())
+    transposed = x.t()  # non-contiguous input
+    torch.manual_seed(4)
+    masked = input_dropout(transposed, 0.5, training=True)
+    torch.manual_seed(4)
+    assert torch.equal(masked, input_dropout(transposed.clone().requires_grad_(), 0.5, training=True).detach())
