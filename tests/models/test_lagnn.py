@@ -146,17 +146,19 @@ def test_input_dropout_dense_and_sparse():
     kept = dropped != 0
     assert 0.4 < kept.float().mean() < 0.6
     torch.testing.assert_close(dropped[kept], 2 * x[kept])
-    # dense path: 16 random bits per entry; drop rate p to within 2^-17, expectation exact
+    # dense path: 16 random bits per entry (8 for multiples of 1/256); drop rate p to within 2^-17,
+    # expectation exact
     ones = torch.ones(400, 500)
-    for p in (0.1, 0.5, 0.6):
+    for p in (0.1, 0.25, 0.5, 0.6):
         dropped = input_dropout(ones, p, training=True)
         kept_fraction = (dropped != 0).float().mean()
         assert abs(float(kept_fraction) - (1 - p)) < 5e-3
         assert torch.allclose(dropped[dropped != 0], torch.full((), 65536 / (65536 - round(p * 65536))))
     assert not torch.equal(input_dropout(ones, 0.5, True), input_dropout(ones, 0.5, True))
     assert (input_dropout(ones, 1.0, training=True) == 0).all()
-    odd = input_dropout(torch.ones(3, 5, dtype=torch.float64), 0.5, training=True)  # numel not a multiple of 4
-    assert odd.shape == (3, 5) and odd.dtype == torch.float64
+    for p in (0.5, 0.6):  # numel not a multiple of the entries per random word (8 or 4)
+        odd = input_dropout(torch.ones(3, 5, dtype=torch.float64), p, training=True)
+        assert odd.shape == (3, 5) and odd.dtype == torch.float64
     with pytest.raises(ValueError, match="p: expected a dropout probability"):
         input_dropout(ones, 1.5, training=True)
     sparse = (torch.rand(50, 30) < 0.2).float().to_sparse()
