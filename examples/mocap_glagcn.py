@@ -65,7 +65,7 @@ from tqdm import tqdm
 from geoattn.data.bvh import load_bvh_h36m17
 from geoattn.data.h36m import ChunkedWindows, centre_on_root, root_relative
 from geoattn.models import GLAGCN, TemporalConvLifter
-from geoattn.pose.augment import random_limb_rotations
+from geoattn.pose.augment import LIMB_JOINTS, SHOULDER_JOINTS, random_limb_rotations
 from geoattn.pose.cameras import random_cameras, ray_aligned_pairs, ray_frame_to_camera, render_pairs, virtual_cameras
 from geoattn.pose.metrics import mpjpe
 from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, recalibrate_if_better,
@@ -92,7 +92,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "screen coordinates (absolute)")
     parser.add_argument("--limb-augment", type=float, default=25.0,
                         help="each epoch, half of the (sequence, camera) training pairs see a copy of the sequence "
-                             "with hips, knees, shoulders and elbows turned by up to this many degrees (0: off)")
+                             "with hips, knees, shoulders and elbows turned by up to this many degrees (off when this and "
+                             "--shoulder-augment are 0)")
+    parser.add_argument("--shoulder-augment", type=float, default=120.0,
+                        help="the bound for the shoulders in those augmented pairs instead of --limb-augment: arms "
+                             "move most freely, and a wide range puts raised or stretched arms on every body pose")
     parser.add_argument("--train-cameras", type=int, default=16, help="training cameras (per epoch when random)")
     parser.add_argument("--eval-cameras", type=int, default=4)
     parser.add_argument("--camera-sampling", choices=["random", "fixed"], default="random",
@@ -159,13 +163,19 @@ def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
     return sequences
 
 
-def render(sequences, cameras, input_2d: str, limb_augment: float = 0.0, rng: np.random.Generator | None = None):
-    """2D inputs, 3D targets and, for ``input_2d='ray'``, the per-frame rotations back to camera axes."""
+def render(sequences, cameras, input_2d: str, limb_augment: float = 0.0, shoulder_augment: float | None = None,
+           rng: np.random.Generator | None = None):
+    """2D inputs, 3D targets and, for ``input_2d='ray'``, the per-frame rotations back to camera axes.
+
+    Half of the (sequence, camera) pairs (when a bound is positive) see limbs turned by up to ``limb_augment``
+    degrees, the shoulders by up to ``shoulder_augment`` (default: ``limb_augment``)."""
+    shoulder_augment = limb_augment if shoulder_augment is None else shoulder_augment
+    bounds = [shoulder_augment if joint in SHOULDER_JOINTS else limb_augment for joint in LIMB_JOINTS]
     poses_2d, poses_3d, rotations = [], [], []
     for sequence in sequences:
         for camera in cameras:
-            if limb_augment > 0 and rng.random() < 0.5:
-                sequence_seen = random_limb_rotations(sequence, rng, limb_augment)
+            if max(bounds) > 0 and rng.random() < 0.5:
+                sequence_seen = random_limb_rotations(sequence, rng, bounds)
             else:
                 sequence_seen = sequence
             if input_2d == "ray":
@@ -246,7 +256,8 @@ def main(argv=None) -> int:
         if args.camera_sampling == "random":
             seen_from = random_cameras(args.train_cameras, centre, rng_epoch, avoid=eval_cameras,
                                        min_separation=args.camera_margin)
-        poses_2d, poses_3d, _ = render(train_sequences, seen_from, args.input_2d, args.limb_augment, rng_epoch)
+        poses_2d, poses_3d, _ = render(train_sequences, seen_from, args.input_2d, args.limb_augment,
+                                       args.shoulder_augment, rng_epoch)
         return ChunkedWindows(poses_2d, poses_3d, frames, flip=True, frame_stride=args.frame_stride)
 
     eval_2d, eval_3d, eval_rotations = render(eval_sequences, eval_cameras, args.input_2d)
@@ -342,6 +353,7 @@ def main(argv=None) -> int:
         "bn_statistics": args.bn_statistics,
         "recalibrated_bn": recalibrated or {name: args.bn_statistics == "recalibrated" for name in models},
         "limb_augment": args.limb_augment,
+        "shoulder_augment": args.shoulder_augment,
         "camera_sampling": args.camera_sampling,
         "epochs": args.epochs,
         "train_windows": len(train_windows),

@@ -13,11 +13,12 @@ def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
     common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
               "--frame-stride", "20", "--json", "--quiet", "--checkpoint", str(tmp_path / "run.pt")]
     assert example.main(["--epochs", "1"] + common) == 0
-    assert example.main(["--epochs", "2", "--resume", "--limb-augment", "20"] + common) == 0
+    assert example.main(["--epochs", "2", "--resume", "--limb-augment", "20", "--shoulder-augment", "90"] + common) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("mpjpe_mm", "p_mpjpe_mm", "baseline_mpjpe_mm", "baseline_p_mpjpe_mm", "params", "baseline_params"):
         assert key in result
     assert result["epochs"] == 2 and result["receptive_field"] == 3
+    assert result["limb_augment"] == 20 and result["shoulder_augment"] == 90
     assert abs(result["baseline_params"] - result["params"]) / result["params"] < 0.05
     assert result["input_2d"] == "ray" and result["camera_sampling"] == "random"
     assert result["bn_statistics"] == "auto" and set(result["recalibrated_bn"]) == {"glagcn", "baseline"}

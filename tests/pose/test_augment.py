@@ -21,3 +21,20 @@ def test_limb_rotations_keep_bones_and_move_only_limbs(real_data):
 def test_limb_rotations_errors():
     with pytest.raises(ValueError, match="poses"):
         random_limb_rotations(np.zeros((3, 16, 3)), np.random.default_rng(0))
+
+
+def test_limb_rotations_per_joint_bounds():
+    poses = np.random.default_rng(0).normal(size=(5, 17, 3)).astype(np.float32)  # any skeleton will do
+    joints = (11, 14, 12)
+    # a zero bound leaves that joint's own turn out: only the right arm (below 14) moves here
+    turned = random_limb_rotations(poses, np.random.default_rng(3), max_degrees=[0.0, 90.0, 0.0], joints=joints)
+    assert np.allclose(turned[:, [11, 12, 13]], poses[:, [11, 12, 13]], atol=1e-6)
+    assert np.abs(turned[:, [15, 16]] - poses[:, [15, 16]]).max() > 0.01
+    assert np.allclose(bone_lengths(turned), bone_lengths(poses), atol=1e-5)
+    # one bound for all joints and the same bound given per joint draw the same rotations
+    same = random_limb_rotations(poses, np.random.default_rng(4), max_degrees=[30.0] * len(joints), joints=joints)
+    assert np.allclose(same, random_limb_rotations(poses, np.random.default_rng(4), 30.0, joints=joints))
+    with pytest.raises(ValueError, match="max_degrees"):
+        random_limb_rotations(poses, np.random.default_rng(0), max_degrees=[10.0, 20.0], joints=joints)
+    with pytest.raises(ValueError, match="max_degrees"):
+        random_limb_rotations(poses, np.random.default_rng(0), max_degrees=-5.0)
