@@ -83,3 +83,26 @@ def test_planetoid_generation_dtype():
     assert example.generation_dtype("float32", torch.device("cpu")) == torch.float32
     assert example.generation_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert example.generation_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+
+
+def test_planetoid_sample_source_pool_and_fresh_draws():
+    import torch
+
+    from geoattn.nn import LocalAugmenter
+
+    example = load_example("planetoid_lagnn")
+    torch.manual_seed(0)
+    augmenter = LocalAugmenter(12, hidden_channels=16, latent_channels=3).eval()
+    x_raw = (torch.rand(9, 12) < 0.3).float()
+    pooled = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=3, seed=5)
+    assert pooled.pool.shape == (3, 9, 12) and pooled.pool.dtype == torch.float32
+    # the pool holds the first 3 fresh draws of the same seed, row-normalised
+    fresh = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=0, seed=5)
+    assert fresh.pool is None
+    for index in range(3):
+        assert torch.equal(pooled.pool[index], fresh.draw())
+    torch.testing.assert_close(pooled.pool.sum(-1), torch.ones(3, 9))
+    draws = [pooled.draw() for _ in range(30)]
+    picked = {next(i for i in range(3) if torch.equal(draw, pooled.pool[i])) for draw in draws}
+    assert picked == {0, 1, 2}  # every draw is a pool matrix, and all of them get used
+    assert not torch.equal(fresh.draw(), fresh.draw())  # no pool: a new matrix per draw
