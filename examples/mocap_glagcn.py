@@ -92,12 +92,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "screen coordinates (absolute)")
     parser.add_argument("--limb-augment", type=float, default=25.0,
                         help="each epoch, half of the (sequence, camera) training pairs see a copy of the sequence "
-                             "with hips, knees, shoulders and elbows turned by up to this many degrees (off when this and "
-                             "--shoulder-augment are 0)")
+                             "with hips, knees, shoulders and elbows turned by up to this many degrees (off when "
+                             "this and --shoulder-augment are 0)")
     parser.add_argument("--shoulder-augment", type=float, default=120.0,
                         help="the bound for the shoulders in those augmented pairs instead of --limb-augment: arms "
                              "move most freely, and a wide range puts raised or stretched arms on every body pose")
-    parser.add_argument("--train-cameras", type=int, default=16, help="training cameras (per epoch when random)")
+    parser.add_argument("--train-cameras", type=int, default=16,
+                        help="training cameras of the seeded ring (which, with --eval-cameras, places the evaluation "
+                             "cameras); the training views with --camera-sampling fixed")
+    parser.add_argument("--cameras-per-epoch", type=int, default=32,
+                        help="with --camera-sampling random: fresh random training cameras drawn every epoch")
     parser.add_argument("--eval-cameras", type=int, default=4)
     parser.add_argument("--camera-sampling", choices=["random", "fixed"], default="random",
                         help="random: draw fresh training cameras every epoch (same distance/height ranges, any "
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
         rng_epoch = np.random.default_rng([args.seed, epoch])
         seen_from = train_cameras
         if args.camera_sampling == "random":
-            seen_from = random_cameras(args.train_cameras, centre, rng_epoch, avoid=eval_cameras,
+            seen_from = random_cameras(args.cameras_per_epoch, centre, rng_epoch, avoid=eval_cameras,
                                        min_separation=args.camera_margin)
         poses_2d, poses_3d, _ = render(train_sequences, seen_from, args.input_2d, args.limb_augment,
                                        args.shoulder_augment, rng_epoch)
@@ -358,7 +362,7 @@ def main(argv=None) -> int:
         "epochs": args.epochs,
         "train_windows": len(train_windows),
         "eval_frames": eval_windows.num_frames,
-        "train_cameras": len(train_cameras),
+        "train_cameras": len(train_cameras) if args.camera_sampling == "fixed" else args.cameras_per_epoch,
         "eval_cameras": len(eval_cameras),
         "seconds": round(time.time() - started, 1),
     }

@@ -10,15 +10,16 @@ from tests.examples import load_example
 
 def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
     example = load_example("mocap_glagcn")
-    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
-              "--frame-stride", "20", "--json", "--quiet", "--checkpoint", str(tmp_path / "run.pt")]
+    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--cameras-per-epoch", "2",
+              "--eval-cameras", "1", "--frame-stride", "20", "--json", "--quiet",
+              "--checkpoint", str(tmp_path / "run.pt")]
     assert example.main(["--epochs", "1"] + common) == 0
     assert example.main(["--epochs", "2", "--resume", "--limb-augment", "20", "--shoulder-augment", "90"] + common) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("mpjpe_mm", "p_mpjpe_mm", "baseline_mpjpe_mm", "baseline_p_mpjpe_mm", "params", "baseline_params"):
         assert key in result
     assert result["epochs"] == 2 and result["receptive_field"] == 3
-    assert result["limb_augment"] == 20 and result["shoulder_augment"] == 90
+    assert result["limb_augment"] == 20 and result["shoulder_augment"] == 90 and result["train_cameras"] == 2
     assert abs(result["baseline_params"] - result["params"]) / result["params"] < 0.05
     assert result["input_2d"] == "ray" and result["camera_sampling"] == "random"
     assert result["bn_statistics"] == "auto" and set(result["recalibrated_bn"]) == {"glagcn", "baseline"}
@@ -26,8 +27,9 @@ def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
 
 def test_mocap_example_fixed_cameras_and_screen_inputs(capsys):
     example = load_example("mocap_glagcn")
-    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
-              "--frame-stride", "20", "--epochs", "1", "--json", "--quiet", "--camera-sampling", "fixed"]
+    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--cameras-per-epoch", "2",
+              "--eval-cameras", "1", "--frame-stride", "20", "--epochs", "1", "--json", "--quiet",
+              "--camera-sampling", "fixed"]
     for input_2d in ("relative", "centred"):
         assert example.main(common + ["--input-2d", input_2d, "--bn-statistics", "recalibrated"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -39,8 +41,8 @@ def test_mocap_example_reads_npy_and_bvh(real_data, tmp_path, capsys):
     example = load_example("mocap_glagcn")
     clip = real_data / "pose/cmu_131_01_h36m17.npy"
     args = ["--train-npy", str(clip), "--eval-bvh", str(real_data / "pose/cmu_131_01_scaled.bvh"), "--split", "0.7",
-            "--epochs", "1", "--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--eval-cameras", "1",
-            "--frame-stride", "30", "--json", "--quiet"]
+            "--epochs", "1", "--channels", "8", "--filter-widths", "3", "--train-cameras", "2",
+            "--cameras-per-epoch", "2", "--eval-cameras", "1", "--frame-stride", "30", "--json", "--quiet"]
     assert example.main(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["eval_frames"] == 415 - round(0.7 * 415)
