@@ -8,14 +8,16 @@ copied to a temporary folder first, because PyG writes ``processed/`` beside ``r
 sampler, the initialisation and the batches; the final JSON line has ``test_acc_mean`` and ``test_acc_std``.
 
 Defaults were chosen on the Cora validation set only (the test set is read once per run, at the epoch of
-best validation accuracy): K = 6, hidden 64, one head, 64 centroids, lr 0.01, weight decay 5e-4, full-batch
-training on the 140 labelled nodes, early stopping after 100 epochs without a better validation accuracy,
-and three choices that made the difference on this small labelled set:
+best validation accuracy): K = 6, hidden 64, one head, 64 centroids, lr 2e-3, weight decay 5e-4, full-batch
+training on the 140 labelled nodes for at most 800 epochs, early stopping after 200 epochs without a better
+validation accuracy, and four choices that made the difference on this small labelled set:
 
 * ``--resample`` (on): fresh neighbour sequences every training epoch, a sampling augmentation against
   memorising the 140 targets' fixed token sets (evaluation keeps one fixed draw);
 * ``--global-input hop2``: the codebook branch clusters and queries with the target's own
   :math:`\hat A^2 X` token instead of its raw bag of words;
+* ``--lr 2e-3`` (with the longer schedule): with one full-batch step per epoch, lr 0.01 made validation
+  accuracy swing by several points from one epoch to the next, so the best-validation epoch was a lottery;
 * ``--input-dropout 0.3`` on the raw (unnormalised) binary features. ``--normalize-features`` (PyG's
   ``NormalizeFeatures``) scales the inputs down about 20x and lost over 20 points here (likely because,
   with Adam's coupled L2 weight decay, the much smaller input gradients let the decay shrink the first layer).
@@ -62,10 +64,10 @@ def parse_args(argv=None):
     parser.add_argument("--global-input", choices=["raw", "hop1", "hop2"], default="hop2",
                         help="which of the target's own tokens feeds the codebook branch")
     parser.add_argument("--local-dropout", type=float, default=0.3)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--epochs", type=int, default=400)
-    parser.add_argument("--patience", type=int, default=100, help="stop a run after this many epochs without a new best validation accuracy")
+    parser.add_argument("--epochs", type=int, default=800)
+    parser.add_argument("--patience", type=int, default=200, help="stop a run after this many epochs without a new best validation accuracy")
     parser.add_argument("--batch-size", type=int, default=140, help="140 = the whole public training set")
     parser.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                         help="draw fresh training sequences every epoch (--no-resample: the stored table, as the official code)")

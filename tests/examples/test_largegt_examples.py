@@ -86,3 +86,11 @@ def test_planetoid_example_on_cora(real_data, capsys):
     summary = last_json(capsys.readouterr().out)
     assert summary["runs"] == 1 and 0.0 <= summary["test_acc_mean"] <= 1.0 and summary["test_acc_std"] == 0.0
     assert example.main(["--root", str(real_data), "--dataset", "Cora"]) == 2
+
+
+def test_planetoid_defaults_are_the_validated_ones():
+    # chosen on Cora validation accuracy (datasets/largegt.md): lr 2e-3 with the longer schedule
+    args = load_example("planetoid_largegt").parse_args(["--root", "unused"])
+    assert (args.lr, args.epochs, args.patience) == (2e-3, 800, 200)
+    assert (args.K, args.hidden, args.heads, args.num_centroids) == (6, 64, 1, 64)
+    assert (args.input_dropout, args.global_input, args.resample, args.weight_decay) == (0.3, "hop2", True, 5e-4)
