@@ -89,8 +89,8 @@ def test_planetoid_example_on_cora(real_data, capsys):
 
 
 def test_planetoid_defaults_are_the_validated_ones():
-    # chosen on Cora validation accuracy (datasets/largegt.md): lr 2e-3 with the longer schedule
+    # chosen on Cora validation accuracy (datasets/largegt.md): lr 2e-3 with the longer schedule, attention dropout
     args = load_example("planetoid_largegt").parse_args(["--root", "unused"])
-    assert (args.lr, args.epochs, args.patience) == (2e-3, 800, 200)
+    assert (args.lr, args.epochs, args.patience, args.attn_dropout) == (2e-3, 800, 200, 0.2)
     assert (args.K, args.hidden, args.heads, args.num_centroids) == (6, 64, 1, 64)
     assert (args.input_dropout, args.global_input, args.resample, args.weight_decay) == (0.3, "hop2", True, 5e-4)
