@@ -101,7 +101,8 @@ def main(argv=None) -> dict:
                     wall_ms[name].append(1000 * (time.perf_counter() - wall))
     finally:
         lagnn.input_dropout = original_dropout
-    result = {"benchmark": "lagnn_epoch", "dataset": args.dataset, "pool": args.pool, "nodes": x_raw.size(0), "features": x_raw.size(1),
+    result = {"benchmark": "lagnn_epoch", "dataset": args.dataset, "pool": args.pool, "nodes": x_raw.size(0),
+              "features": x_raw.size(1),
               "samples_per_step": SAMPLES, "threads": torch.get_num_threads(),
               "geoattn_sample_dtype": str(sample_dtype).removeprefix("torch."), "epochs_timed": args.epochs}
     for name in draws:

@@ -70,7 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--epochs", type=int, default=800)
-    parser.add_argument("--patience", type=int, default=200, help="stop a run after this many epochs without a new best validation accuracy")
+    parser.add_argument("--patience", type=int, default=200,
+                        help="stop a run after this many epochs without a new best validation accuracy")
     parser.add_argument("--batch-size", type=int, default=140, help="140 = the whole public training set")
     parser.add_argument("--resample", action=argparse.BooleanOptionalAction, default=True,
                         help="draw fresh training sequences every epoch (--no-resample: the stored table, as the official code)")
