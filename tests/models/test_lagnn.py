@@ -201,7 +201,7 @@ def test_input_dropout_bitmask_path_equals_multiplication(dtype):
     from geoattn.models.lagnn import input_dropout
 
     x = (torch.rand(37, 29, dtype=torch.float64) + 0.1).to(dtype)
-    for p in (0.5, 0.6):
+    for p in (0.25, 0.5, 0.6):  # 8 and 16 random bits per entry
         torch.manual_seed(3)
         masked = input_dropout(x, p, training=True)
         torch.manual_seed(3)
@@ -213,3 +213,74 @@ def test_input_dropout_bitmask_path_equals_multiplication(dtype):
     masked = input_dropout(transposed, 0.5, training=True)
     torch.manual_seed(4)
     assert torch.equal(masked, input_dropout(transposed.clone().requires_grad_(), 0.5, training=True).detach())
+
+
+def test_input_dropout_csr_drops_the_same_entries_as_coo():
+    from geoattn.models.lagnn import input_dropout
+
+    dense = (torch.rand(40, 25) < 0.3).float() * torch.rand(40, 25)
+    torch.manual_seed(5)
+    from_coo = input_dropout(dense.to_sparse(), 0.6, training=True)
+    torch.manual_seed(5)
+    from_csr = input_dropout(dense.to_sparse_csr(), 0.6, training=True)
+    assert from_csr.layout == torch.sparse_csr
+    assert torch.equal(from_csr.to_dense(), from_coo.to_dense())
+    assert input_dropout(dense.to_sparse_csr(), 0.6, training=False).layout == torch.sparse_csr
+
+
+def test_input_linear_bfloat16_and_csr_inputs():
+    from torch_geometric.nn.dense.linear import Linear
+
+    from geoattn.models.lagnn import InputLinear
+
+    torch.manual_seed(0)
+    linear = Linear(30, 6, bias=True, weight_initializer="glorot", bias_initializer="zeros")
+    linear.__class__ = InputLinear
+    x = (torch.rand(50, 30) < 0.2).float() * torch.rand(50, 30)
+    reference = linear(x)
+    reference.pow(2).sum().backward()
+    reference_grad, linear.weight.grad = linear.weight.grad.clone(), None
+    # CSR: same product and weight gradient up to float32 rounding
+    out = linear(x.to_sparse_csr())
+    torch.testing.assert_close(out, reference)
+    out.pow(2).sum().backward()
+    torch.testing.assert_close(linear.weight.grad, reference_grad)
+    linear.weight.grad = None
+    # bfloat16 input with float32 weights: float32 output, bfloat16-accurate product and gradient
+    out = linear(x.bfloat16())
+    assert out.dtype == torch.float32
+    exact = torch.nn.functional.linear(x.bfloat16().float(), linear.weight, linear.bias)
+    torch.testing.assert_close(out, exact, rtol=2e-2, atol=2e-2)
+    out.pow(2).sum().backward()
+    assert linear.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(linear.weight.grad, reference_grad, rtol=3e-2, atol=3e-2)
+    # an input that needs a gradient takes Linear's own (float32) path
+    needs_grad = x.bfloat16().requires_grad_()
+    linear(needs_grad).sum().backward()
+    assert needs_grad.grad is not None and needs_grad.grad.dtype == torch.bfloat16
+
+
+def test_la_first_layers_take_bfloat16_generated_and_csr_inputs():
+    from geoattn.models.lagnn import InputLinear
+
+    x, edge_index = _graph()
+    x = (x > 0.5).float()
+    for build in (lambda: LAGCN(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1),
+                  lambda: LAGAT(NUM_FEATURES, 4, NUM_CLASSES, num_generated=1, heads=2)):
+        torch.manual_seed(2)
+        model = build()
+        assert all(isinstance(branch.conv.lin, InputLinear) for branch in model.first.branches)
+        # state_dict keys and initial values are those of the plain PyG convs (nothing extra drawn)
+        assert any(key.endswith("first.branches.0.conv.lin.weight") for key in model.state_dict())
+        torch.manual_seed(2)
+        again = build()
+        for (key, value), other in zip(model.state_dict().items(), again.state_dict().values()):
+            assert torch.equal(value, other), key
+        model.eval()
+        x_hat = torch.rand_like(x)
+        reference = model(x, edge_index, [x_hat.bfloat16().float()])
+        out = model(x.to_sparse_csr(), edge_index, [x_hat.bfloat16()])
+        torch.testing.assert_close(out, reference, rtol=2e-2, atol=2e-2)
+        model.train()
+        model(x.to_sparse_csr(), edge_index, [x_hat.bfloat16()]).sum().backward()
+        assert all(parameter.grad is not None for parameter in model.parameters())
