@@ -284,3 +284,16 @@ def test_la_first_layers_take_bfloat16_generated_and_csr_inputs():
         model.train()
         model(x.to_sparse_csr(), edge_index, [x_hat.bfloat16()]).sum().backward()
         assert all(parameter.grad is not None for parameter in model.parameters())
+
+
+def test_csr_transpose_reuses_the_pattern_and_follows_changes():
+    from geoattn.models.lagnn import _CSRTransposer
+
+    transpose = _CSRTransposer()
+    first = (torch.rand(7, 5) < 0.4).float() * torch.rand(7, 5)
+    second = (torch.rand(7, 5) < 0.4).float() * torch.rand(7, 5)
+    empty = torch.zeros(7, 5)
+    for dense in (first, first * 3, second, first, empty, first):  # same pattern, new values, new patterns
+        result = transpose(dense.to_sparse_csr())
+        assert result.layout == torch.sparse_csr and result.shape == (5, 7)
+        assert torch.equal(result.to_dense(), dense.t())
