@@ -17,11 +17,17 @@ Generated matrices (``--sample-pool``): the paper decodes K + 1 = 5 fresh [N, F]
 pass picks one of them at random; dropout masks stay fresh for every pass, so the K passes of a step
 still see different inputs. This removes the decoder from the epoch: ~1.8x cheaper epochs on Cora
 (``benchmarks/lagnn_epoch.py``, one thread: 118 vs 208 ms CPU) and ~2x on CiteSeer, at a memory cost
-of S x N x F float32 numbers per run (248 MB on Cora, 789 MB on CiteSeer for S = 16). On validation
-figures the pool did not hurt (paper's selection rule, same seeds; see ``datasets/lagnn.md``).
-Fresh draws use :meth:`LocalAugmenter.sampler` (decoder centre term cached, bfloat16 products where the
-CPU has them, ``--generation-dtype``). Dense input dropout draws 8 or 16 random bits per entry and
-applies the mask bitwise (:func:`geoattn.models.lagnn.input_dropout`).
+of S x N x F numbers per run (float32: 248 MB on Cora, 789 MB on CiteSeer for S = 16; half that in
+bfloat16). On validation figures the pool did not hurt (paper's selection rule, same seeds; see
+``datasets/lagnn.md``). Fresh draws use :meth:`LocalAugmenter.sampler` (decoder centre term cached,
+bfloat16 products where the CPU has them, ``--generation-dtype``).
+
+Per pass, LA-GCN/LA-GAT (``--input-dtype auto``, CPUs with native bf16 products) see the generated
+matrices in bfloat16: input dropout (8 or 16 random bits per entry, mask applied bitwise,
+:func:`geoattn.models.lagnn.input_dropout`) and the first projection
+(:class:`geoattn.models.lagnn.InputLinear`: bf16 products, float32 weights and outputs) cost about half
+as much; the bag-of-words input is CSR, whose product is ~20x cheaper than COO's. Together ~1.6x
+cheaper LA-GCN epochs on Cora than the float32 pool (``benchmarks/lagnn_epoch.py``).
 
 Run length: LA-GCN's validation loss keeps falling for ~800 epochs on Cora, so runs are long even with
 patience 100. ``--trace`` records every epoch's validation figures (whole set and two fixed halves) and
@@ -110,6 +116,10 @@ def parse_args(argv=None):
     parser.add_argument("--generation-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                         help="dtype of the generator's decoder while sampling; auto: bfloat16 on CPUs with "
                              "native bf16 matrix products (2-3x faster draws), float32 elsewhere")
+    parser.add_argument("--input-dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="dtype of the generated matrices the model sees (pool storage, input dropout, first "
+                             "projection; LA-GCN/LA-GAT only); auto: bfloat16 on CPUs with native bf16 matrix "
+                             "products (~2x cheaper epochs), float32 elsewhere")
     parser.add_argument("--generator", default=None,
                         help="path of a fitted LocalAugmenter; fitted and written there when missing")
     parser.add_argument("--generator-epochs", type=int, default=10)
@@ -174,30 +184,40 @@ def generation_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if name == "bfloat16" else torch.float32
 
 
+def input_dtype(name: str, model: str, device: torch.device) -> torch.dtype:
+    """The dtype of the generated matrices the model sees, for ``--input-dtype``."""
+    if model not in ("gcn", "gat"):  # only their first layers (geoattn.models.lagnn.InputLinear) take bfloat16
+        return torch.float32
+    return generation_dtype(name, device)
+
+
 class SampleSource:
     """Generated matrices for one run: fresh draws, or draws from a pool generated once per run.
 
     Draws come from :meth:`LocalAugmenter.sampler` on the sparse bag-of-words (the decoder's centre term
-    is computed once per run), decoded in ``dtype`` (bfloat16 is ~2-3x faster on CPUs with bf16 units) and
-    row-normalised in float32. With ``pool_size`` S > 0 the first S draws form the pool and every
-    :meth:`draw` returns one of them, picked uniformly at random (seeded): no decoder call per draw."""
+    is computed once per run), decoded in ``dtype`` (bfloat16 is ~2-3x faster on CPUs with bf16 units),
+    row-normalised in float32 and handed out in ``out_dtype`` (bfloat16 halves the pool's memory and the
+    cost of input dropout and of the first projection). With ``pool_size`` S > 0 the first S draws form
+    the pool and every :meth:`draw` returns one of them, picked uniformly at random (seeded): no decoder
+    call per draw."""
 
-    def __init__(self, augmenter, x_raw, dtype, pool_size, seed):
+    def __init__(self, augmenter, x_raw, dtype, pool_size, seed, out_dtype=torch.float32):
         self.generator = torch.Generator(device=x_raw.device)
         self.generator.manual_seed(seed)
         self._generate = augmenter.sampler(x_raw.to_sparse(), generator=self.generator, normalize=True,
                                            dtype=dtype)
+        self.out_dtype = out_dtype
         self.pool = None
         if pool_size > 0:  # filled in place: stacking a list would hold every matrix twice
             first = self._generate()
-            self.pool = first.new_empty((pool_size, *first.shape))
+            self.pool = first.new_empty((pool_size, *first.shape), dtype=out_dtype)
             self.pool[0] = first
             for index in range(1, pool_size):
                 self.pool[index] = self._generate()
 
     def draw(self):
         if self.pool is None:
-            return self._generate()
+            return self._generate().to(self.out_dtype)
         return self.pool[int(torch.randint(len(self.pool), (), generator=self.generator))]
 
 
@@ -254,13 +274,15 @@ def train_run(args, hp, data, augmenter, seed, device, la):
         optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=hp["lr"])
     x, edge_index, y = data.x.to(device), data.edge_index.to(device), data.y.to(device)
     if args.model in ("gcn", "gat"):
-        # bag-of-words rows are ~1% non-zero: sparse input makes dropout and the first product cheap
-        x = x.to_sparse()
+        # bag-of-words rows are ~1% non-zero: sparse input makes dropout and the first product cheap; CSR's
+        # product is ~20x cheaper than COO's (geoattn.models.lagnn.InputLinear)
+        x = x.to_sparse_csr()
     train, val, test = data.train_mask.to(device), data.val_mask.to(device), data.test_mask.to(device)
     source = None
     if la:
         dtype = generation_dtype(args.generation_dtype, device)
-        source = SampleSource(augmenter, data.x_raw.to(device), dtype, args.sample_pool, seed)
+        source = SampleSource(augmenter, data.x_raw.to(device), dtype, args.sample_pool, seed,
+                              out_dtype=input_dtype(args.input_dtype, args.model, device))
     samples = hp["samples"] if la else 1
     best = {"val_loss": math.inf, "val_acc": 0.0, "test_acc": 0.0, "epoch": -1}
     selector = EpochSelector(hp["selection"], hp["patience"])
@@ -359,6 +381,7 @@ def main(argv=None) -> dict:
         "test_accs": [round(r["test_acc"] * 100, 1) for r in runs],
         "hyperparameters": hp, "sample_pool": args.sample_pool,
         "generation_dtype": str(generation_dtype(args.generation_dtype, device)).removeprefix("torch."),
+        "input_dtype": str(input_dtype(args.input_dtype, args.model, device)).removeprefix("torch."),
         "threads": torch.get_num_threads(),
     }
     if args.json:

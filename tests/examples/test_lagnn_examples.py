@@ -106,3 +106,23 @@ def test_planetoid_sample_source_pool_and_fresh_draws():
     picked = {next(i for i in range(3) if torch.equal(draw, pooled.pool[i])) for draw in draws}
     assert picked == {0, 1, 2}  # every draw is a pool matrix, and all of them get used
     assert not torch.equal(fresh.draw(), fresh.draw())  # no pool: a new matrix per draw
+
+
+def test_planetoid_input_dtype_bfloat16_pool():
+    import torch
+
+    from geoattn.nn import LocalAugmenter
+
+    example = load_example("planetoid_lagnn")
+    cpu = torch.device("cpu")
+    assert example.input_dtype("bfloat16", "gcnii", cpu) == torch.float32  # only GCN/GAT first layers take bf16
+    assert example.input_dtype("bfloat16", "gat", cpu) == torch.bfloat16
+    assert example.input_dtype("float32", "gcn", cpu) == torch.float32
+    torch.manual_seed(0)
+    augmenter = LocalAugmenter(12, hidden_channels=16, latent_channels=3).eval()
+    x_raw = (torch.rand(9, 12) < 0.3).float()
+    reference = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=2, seed=5)
+    pooled = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=2, seed=5, out_dtype=torch.bfloat16)
+    assert pooled.pool.dtype == torch.bfloat16 and torch.equal(pooled.pool, reference.pool.bfloat16())
+    fresh = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=0, seed=5, out_dtype=torch.bfloat16)
+    assert fresh.draw().dtype == torch.bfloat16
