@@ -88,9 +88,38 @@ def test_planetoid_example_on_cora(real_data, capsys):
     assert example.main(["--root", str(real_data), "--dataset", "Cora"]) == 2
 
 
+def test_planetoid_evaluation_draws(real_data, tmp_path):
+    example = load_example("planetoid_largegt")
+    data = example.load_planetoid(real_data / "graphs" / "planetoid", "Cora", tmp_path)
+    graph = example.csr_from_edge_index(data.edge_index, data.num_nodes)
+    cache = example.precompute_largegt(data.x, graph, tmp_path / "cache", 3, seed=0, progress=False)
+    collate = example.LargeGTCollate(cache, y=data.y, resample=True, seed=0)
+    torch.manual_seed(0)
+    model = example.LargeGT(data.num_features, 8, 7, num_nodes=data.num_nodes, num_centroids=4, global_channels=4)
+    nodes = data.val_mask.nonzero().flatten()[:50]
+    collate.set_epoch(17)
+    single = example.accuracy(model, collate, nodes, data.y[nodes], "cpu", "hop2", 1)
+    averaged = example.accuracy(model, collate, nodes, data.y[nodes], "cpu", "hop2", 4)
+    assert collate.epoch == 17  # the training epoch's stream is restored
+    # the same fixed draws every call; draw 0 is epoch 0's sequences
+    assert example.accuracy(model, collate, nodes, data.y[nodes], "cpu", "hop2", 4) == averaged
+    model.eval()
+    collate.set_epoch(0)
+    with torch.no_grad():
+        logits = example.forward(model, collate(nodes), "cpu", "hop2")
+    assert single == float((logits.argmax(-1) == data.y[nodes]).float().mean())
+    with pytest.raises(SystemExit):
+        example.parse_args(["--root", "unused", "--eval-draws", "0"])
+    with pytest.raises(SystemExit):
+        example.parse_args(["--root", "unused", "--eval-draws", "2", "--no-resample"])
+
+
 def test_planetoid_defaults_are_the_validated_ones():
-    # chosen on Cora validation accuracy (datasets/largegt.md): lr 2e-3 with the longer schedule, attention dropout
+    # chosen on Cora validation accuracy (datasets/largegt.md): lr 2e-3 with the longer schedule, attention dropout,
+    # evaluation averaged over 8 neighbour draws
     args = load_example("planetoid_largegt").parse_args(["--root", "unused"])
     assert (args.lr, args.epochs, args.patience, args.attn_dropout) == (2e-3, 800, 200, 0.2)
     assert (args.K, args.hidden, args.heads, args.num_centroids) == (6, 64, 1, 64)
     assert (args.input_dropout, args.global_input, args.resample, args.weight_decay) == (0.3, "hop2", True, 5e-4)
+    assert args.eval_draws == 8
+    assert load_example("planetoid_largegt").parse_args(["--root", "unused", "--no-resample"]).eval_draws == 1
