@@ -16,8 +16,53 @@ from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
 from geoattn.pose.metrics import mpjpe, n_mpjpe, p_mpjpe
 
-__all__ = ["set_bn_momentum", "bn_momentum", "recalibrate_batch_norm", "recalibrate_if_better", "train_epoch",
-           "predict", "pose_metrics"]
+__all__ = ["ScaleNormalizedLifter", "set_bn_momentum", "bn_momentum", "recalibrate_batch_norm",
+           "recalibrate_if_better", "train_epoch", "predict", "pose_metrics"]
+
+
+class ScaleNormalizedLifter(nn.Module):
+    r"""Show a lifting model every 2D window at one image scale.
+
+    For a window ``x [N, T, V, 2]`` with centre frame :math:`c = x_{\lfloor T/2 \rfloor}` the scale is the
+    RMS distance of its joints from the root, :math:`s = \sqrt{\tfrac1V \sum_v \lVert c_v - c_{root}\rVert^2}`,
+    and the wrapped ``lifter`` sees :math:`x \cdot r / s` (``r = target_rms``); its 3D output is returned
+    unchanged. A subject's 2D size falls with its distance to the camera while its root-relative 3D pose
+    (metres) does not, so dividing the distance out spares the lifter from learning that invariance. The
+    whole window shares one factor, so motion towards the camera inside it is still visible. Pass
+    ray-aligned or root-centred keypoints (a subject's position in the image is not a scale).
+
+    Shapes: ``x [N, T, V, 2] -> lifter's output``; ``receptive_field()`` is the lifter's.
+    """
+
+    def __init__(self, lifter: nn.Module, root: int = 0, target_rms: float = 0.1, eps: float = 1e-6) -> None:
+        super().__init__()
+        if target_rms <= 0 or eps <= 0:
+            raise ValueError(f"target_rms/eps: expected positive values, got {target_rms} and {eps}")
+        self.lifter, self.root, self.target_rms, self.eps = lifter, root, float(target_rms), float(eps)
+
+    def receptive_field(self) -> int:
+        return self.lifter.receptive_field()
+
+    def reset_parameters(self) -> None:
+        self.lifter.reset_parameters()
+
+    def window_scale(self, x: Tensor) -> Tensor:
+        """``[N]`` RMS distance of the centre frame's joints from the root (at least ``eps``)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.size(-1) != 2 or not -x.size(2) <= self.root < x.size(2):
+            raise ValueError(f"x: expected a 4-D tensor [N, T, V, 2] with a joint {self.root} (root), "
+                             f"got shape {tuple(x.shape)}")
+        centre = x[:, x.size(1) // 2]
+        offsets = centre - centre[:, self.root:self.root + 1]
+        return offsets.pow(2).sum(-1).mean(-1).sqrt().clamp_min(self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = self.target_rms / self.window_scale(x)
+        return self.lifter(x * factor.to(x.dtype)[:, None, None, None])
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.lifter!r}, target_rms={self.target_rms})"
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:

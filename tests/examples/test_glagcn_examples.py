@@ -23,6 +23,7 @@ def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
     assert abs(result["baseline_params"] - result["params"]) / result["params"] < 0.05
     assert result["input_2d"] == "ray" and result["camera_sampling"] == "random"
     assert result["bn_statistics"] == "auto" and set(result["recalibrated_bn"]) == {"glagcn", "baseline"}
+    assert result["normalize_scale"] is True
 
 
 def test_mocap_example_fixed_cameras_and_screen_inputs(capsys):
@@ -31,9 +32,11 @@ def test_mocap_example_fixed_cameras_and_screen_inputs(capsys):
               "--eval-cameras", "1", "--frame-stride", "20", "--epochs", "1", "--json", "--quiet",
               "--camera-sampling", "fixed"]
     for input_2d in ("relative", "centred"):
-        assert example.main(common + ["--input-2d", input_2d, "--bn-statistics", "recalibrated"]) == 0
+        assert example.main(common + ["--input-2d", input_2d, "--bn-statistics", "recalibrated",
+                                      "--no-normalize-scale"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["input_2d"] == input_2d and result["camera_sampling"] == "fixed"
+        assert result["normalize_scale"] is False
         assert np.isfinite(result["mpjpe_mm"])
 
 

@@ -1,10 +1,13 @@
+import math
+
 import numpy as np
+import pytest
 import torch
 
 from geoattn.data.h36m import ChunkedWindows, flip_pose
 from geoattn.models import GLAGCN
-from geoattn.pose.training import (bn_momentum, pose_metrics, predict, recalibrate_batch_norm, recalibrate_if_better,
-                                   set_bn_momentum, train_epoch)
+from geoattn.pose.training import (ScaleNormalizedLifter, bn_momentum, pose_metrics, predict, recalibrate_batch_norm,
+                                   recalibrate_if_better, set_bn_momentum, train_epoch)
 
 
 class MirrorConsistent(torch.nn.Module):
@@ -73,3 +76,33 @@ def test_recalibrate_if_better_keeps_only_improving_statistics():
     inputs, _ = windows.get(np.arange(10))
     assert torch.allclose(model.input_norm.running_mean, inputs.reshape(10, 3, 34).mean((0, 1)), atol=1e-5)
     assert not model.training
+
+
+def test_scale_normalized_lifter_matches_a_manual_rescale_and_is_scale_invariant():
+    torch.manual_seed(0)
+    lifter = GLAGCN(channels=8, filter_widths=(3,)).eval()
+    wrapped = ScaleNormalizedLifter(lifter, target_rms=0.1).eval()
+    windows = torch.randn(5, 3, 17, 2, dtype=torch.float64)
+    lifter.double()
+    centre = windows[:, 1] - windows[:, 1, :1]
+    scale = torch.tensor([math.sqrt(sum(float(c[v] @ c[v]) for v in range(17)) / 17) for c in centre],
+                         dtype=torch.float64)  # slow per-sample reference
+    expected = lifter(windows * (0.1 / scale)[:, None, None, None])
+    assert torch.allclose(wrapped(windows), expected)
+    assert torch.allclose(wrapped(windows * 7.0), expected)  # the same subject seen 7 times larger
+    assert torch.allclose(wrapped.window_scale(windows), scale)
+    assert wrapped.receptive_field() == 3 and "target_rms=0.1" in repr(wrapped)
+
+
+def test_scale_normalized_lifter_degenerate_and_bad_inputs():
+    wrapped = ScaleNormalizedLifter(MirrorConsistent())
+    collapsed = torch.zeros(2, 3, 17, 2)  # every joint on the root: no scale, no division by zero
+    assert torch.isfinite(wrapped(collapsed)).all()
+    with pytest.raises(TypeError, match="x: expected a torch.Tensor"):
+        wrapped(np.zeros((2, 3, 17, 2)))
+    with pytest.raises(ValueError, match="x: expected a 4-D tensor"):
+        wrapped(torch.zeros(3, 17, 2))
+    with pytest.raises(ValueError, match="target_rms"):
+        ScaleNormalizedLifter(MirrorConsistent(), target_rms=0.0)
+    windows = ChunkedWindows([np.random.default_rng(0).normal(size=(6, 17, 2)).astype(np.float32)], None, 3)
+    assert torch.allclose(predict(wrapped, windows), predict(wrapped, windows, flip_test=False), atol=1e-6)
