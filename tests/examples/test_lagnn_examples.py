@@ -126,3 +126,11 @@ def test_planetoid_input_dtype_bfloat16_pool():
     assert pooled.pool.dtype == torch.bfloat16 and torch.equal(pooled.pool, reference.pool.bfloat16())
     fresh = example.SampleSource(augmenter, x_raw, torch.float32, pool_size=0, seed=5, out_dtype=torch.bfloat16)
     assert fresh.draw().dtype == torch.bfloat16
+
+
+def test_planetoid_generator_selection_default_per_dataset():
+    example = load_example("planetoid_lagnn")
+    assert example.parse_args(["--root", "r"]).select is None  # resolved per data set: SELECT_GENERATOR
+    assert example.SELECT_GENERATOR == {"Cora": False, "CiteSeer": True}
+    assert example.parse_args(["--root", "r", "--no-select"]).select is False
+    assert example.parse_args(["--root", "r", "--select"]).select is True
