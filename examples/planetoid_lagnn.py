@@ -53,6 +53,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -287,8 +288,11 @@ def train_run(args, hp, data, augmenter, seed, device, la):
     x, edge_index, y = data.x.to(device), data.edge_index.to(device), data.y.to(device)
     if args.model in ("gcn", "gat"):
         # bag-of-words rows are ~1% non-zero: sparse input makes dropout and the first product cheap; CSR's
-        # product is ~20x cheaper than COO's (geoattn.models.lagnn.InputLinear)
-        x = x.to_sparse_csr()
+        # product is ~20x cheaper than COO's (geoattn.models.lagnn.InputLinear). torch warns that CSR is in
+        # beta once per process; the operations used here are covered by the tests.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            x = x.to_sparse_csr()
     train, val, test = data.train_mask.to(device), data.val_mask.to(device), data.test_mask.to(device)
     source = None
     if la:
