@@ -142,7 +142,8 @@ def parse_args(argv=None):
                         help="select the generator checkpoint by the MC-dropout uncertainty criterion (the "
                              "paper's procedure); default: on for CiteSeer (SELECT_GENERATOR), off for Cora")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: on Cora/CiteSeer a second thread costs more than it gains)")
     parser.add_argument("--checkpoint", default=None,
                         help="file recording finished runs (written atomically after each run)")
     parser.add_argument("--resume", action="store_true", help="skip the runs recorded in --checkpoint")
