@@ -178,7 +178,8 @@ def fit_generator(args, data, device):
     x_raw = data.x_raw.to(device)
     augmenter = LocalAugmenter(x_raw.size(1), latent_channels=args.generator_latent).to(device)
     selector = None
-    if args.select if args.select is not None else SELECT_GENERATOR[args.dataset]:
+    select = SELECT_GENERATOR[args.dataset] if args.select is None else args.select
+    if select:
         selector = UncertaintySelector(data.x.to(device), data.edge_index.to(device), data.y.to(device),
                                        data.train_mask.nonzero().view(-1).to(device), generator_x=x_raw,
                                        seed=args.seed)

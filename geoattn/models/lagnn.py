@@ -135,8 +135,6 @@ class _CSRTransposer:
                                        (x.size(1), x.size(0)), check_invariants=False)
 
 
-_csr_transpose = _CSRTransposer()
-
 
 class _InputProjection(torch.autograd.Function):
     """``x @ weight.T`` for first-layer inputs that never need a gradient: bfloat16 dense or sparse CSR.
@@ -150,8 +148,9 @@ class _InputProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, csr_transpose: _CSRTransposer) -> Tensor:
         ctx.save_for_backward(x)
+        ctx.csr_transpose = csr_transpose
         if x.layout == torch.sparse_csr:
             return x @ weight.t()
         return torch.mm(x, weight.to(x.dtype).t()).to(weight.dtype)
@@ -160,10 +159,10 @@ class _InputProjection(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
-            return None, None
+            return None, None, None
         if x.layout == torch.sparse_csr:
-            return None, (_csr_transpose(x) @ grad).t()
-        return None, torch.mm(grad.to(x.dtype).t(), x).to(grad.dtype)
+            return None, (ctx.csr_transpose(x) @ grad).t(), None
+        return None, torch.mm(grad.to(x.dtype).t(), x).to(grad.dtype), None
 
 
 class InputLinear(Linear):
@@ -178,7 +177,9 @@ class InputLinear(Linear):
         mixed = x.dtype == torch.bfloat16 and self.weight.dtype != torch.bfloat16
         if (x.layout != torch.sparse_csr and not mixed) or x.requires_grad:
             return super().forward(x.to(self.weight.dtype) if mixed else x)
-        out = _InputProjection.apply(x, self.weight)
+        if not hasattr(self, "_csr_transpose"):  # per layer: each caches the pattern of its own input
+            self._csr_transpose = _CSRTransposer()
+        out = _InputProjection.apply(x, self.weight, self._csr_transpose)
         return out if self.bias is None else out + self.bias
 
 

@@ -54,7 +54,7 @@ class ScaleNormalizedLifter(nn.Module):
             raise ValueError(f"x: expected a 4-D tensor [N, T, V, 2] with a joint {self.root} (root), "
                              f"got shape {tuple(x.shape)}")
         centre = x[:, x.size(1) // 2]
-        offsets = centre - centre[:, self.root:self.root + 1]
+        offsets = centre - centre[:, self.root].unsqueeze(1)  # (a slice root:root+1 is empty for root = -1)
         return offsets.pow(2).sum(-1).mean(-1).sqrt().clamp_min(self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
