@@ -92,3 +92,19 @@ def test_h36m_example_on_fake_npz_files(tmp_path, capsys):
     assert np.isclose(evaluated["p1_mm"], trained["p1_mm"])
     with pytest.raises(SystemExit, match="datasets/h36m.md"):
         example.main(["--root", str(tmp_path / "nothing")])
+
+
+def test_mocap_validation_split_never_touches_the_evaluation_part(real_data, capsys):
+    example = load_example("mocap_glagcn_validation")
+    clip = str(real_data / "pose/cmu_131_01_h36m17.npy")
+    common = ["--npy", clip, "--epochs", "2", "--log-every", "1", "--channels", "8", "--filter-widths", "3",
+              "--cameras-per-epoch", "2", "--frame-stride", "30", "--json", "--quiet"]
+    for model in ("glagcn", "baseline"):
+        assert example.main(common + ["--model", model]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["model"] == model and result["holdout"] == "170:215" and len(result["history"]) == 1
+        assert np.isfinite(result["validation_mpjpe_mm"]) and np.isfinite(result["validation_mpjpe_recalibrated_bn_mm"])
+    with pytest.raises(ValueError, match="--holdout"):
+        example.main(common + ["--holdout", "280:300"])  # past the training part (290 of 415 frames)
+    with pytest.raises(SystemExit):
+        example.main(common + ["--holdout", "50:40"])
