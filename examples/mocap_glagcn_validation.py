@@ -71,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
         model = TemporalConvLifter(channels=channels, filter_widths=widths)
     if args.normalize_scale:
         model = ScaleNormalizedLifter(model)
+    model = model.to(args.device)
     frames = model.receptive_field()
 
     validation_2d, validation_3d, _ = render(validation_sequences, validation_cameras, "ray")
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     validation_targets = torch.from_numpy(np.concatenate(validation_3d))
 
     def validation_mpjpe() -> float:  # ray-frame and camera-frame MPJPE agree: each pose is only turned
-        return pose_metrics(predict(model, validation), validation_targets)["mpjpe"]
+        return pose_metrics(predict(model, validation, device=args.device), validation_targets)["mpjpe"]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, amsgrad=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr * 0.01)
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         set_bn_momentum(model, bn_momentum(epoch, args.epochs))
         with tqdm(total=len(windows), desc=f"{args.model} {epoch + 1}/{args.epochs}", disable=args.quiet,
                   leave=False) as bar:
-            loss = train_epoch(model, windows, optimizer, args.batch_size, rng,
+            loss = train_epoch(model, windows, optimizer, args.batch_size, rng, args.device,
                                progress=lambda n, value: (bar.update(n), bar.set_postfix(loss=f"{value:.4f}")))
         scheduler.step()
         if args.log_every and (epoch + 1) % args.log_every == 0 and epoch + 1 < args.epochs:
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
             history.append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
     running = validation_mpjpe()
-    recalibrate_batch_norm(model, windows, batch_size=256)
+    recalibrate_batch_norm(model, windows, batch_size=256, device=args.device)
     summary = {
         "model": args.model, "epochs": args.epochs, "holdout": f"{start}:{end}", "seed": args.seed,
         "params": sum(p.numel() for p in model.parameters()),
