@@ -229,6 +229,25 @@ def matching_baseline_channels(target_params: int, widths) -> int:
     return low
 
 
+def camera_ring(num_train: int, num_eval: int, centre, seed: int):
+    """``(training cameras, evaluation cameras)`` of one seeded ring of ``num_train + num_eval`` cameras around
+    ``centre``; the evaluation cameras sit between training ones."""
+    total = num_train + num_eval
+    cameras = virtual_cameras(total, centre, seed=seed)
+    eval_ids = sorted({int((j + 0.5) * total / num_eval) % total for j in range(num_eval)})
+    return [c for i, c in enumerate(cameras) if i not in eval_ids], [cameras[i] for i in eval_ids]
+
+
+def print_summary(summary: dict, as_json: bool) -> None:
+    """One JSON line, or one aligned ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(summary))
+        return
+    width = max(map(len, summary))
+    for key, value in summary.items():
+        print(f"{key:>{width}}: {value:.2f}" if isinstance(value, float) else f"{key:>{width}}: {value}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
@@ -251,12 +270,8 @@ def main(argv=None) -> int:
         eval_sequences = [s[int(round(args.split * len(s))):] for s in eval_sequences]
 
     # One seeded ring of cameras; the evaluation cameras sit between training cameras.
-    total = args.train_cameras + args.eval_cameras
     centre = np.concatenate([s[:, 0] for s in train_sequences + eval_sequences]).mean(0)
-    cameras = virtual_cameras(total, centre, seed=args.seed)
-    eval_ids = sorted({int((j + 0.5) * total / args.eval_cameras) % total for j in range(args.eval_cameras)})
-    train_cameras = [c for i, c in enumerate(cameras) if i not in eval_ids]
-    eval_cameras = [cameras[i] for i in eval_ids]
+    train_cameras, eval_cameras = camera_ring(args.train_cameras, args.eval_cameras, centre, args.seed)
 
     glagcn = GLAGCN(channels=args.channels, filter_widths=widths, dropout=args.dropout).to(args.device)
     frames = glagcn.receptive_field()
@@ -379,11 +394,7 @@ def main(argv=None) -> int:
         "eval_cameras": len(eval_cameras),
         "seconds": round(time.time() - started, 1),
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>22}: {value:.2f}" if isinstance(value, float) else f"{key:>22}: {value}")
+    print_summary(summary, args.json)
     return 0
 
 

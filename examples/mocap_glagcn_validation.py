@@ -29,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mocap_glagcn import load_sequences, matching_baseline_channels, render  # noqa: E402
+from mocap_glagcn import (camera_ring, count_parameters, load_sequences, matching_baseline_channels,  # noqa: E402
+                          print_summary, render)
 
 from geoattn.data.h36m import ChunkedWindows  # noqa: E402
 from geoattn.models import GLAGCN, TemporalConvLifter  # noqa: E402
-from geoattn.pose.cameras import random_cameras, virtual_cameras  # noqa: E402
+from geoattn.pose.cameras import random_cameras  # noqa: E402
 from geoattn.pose.training import (ScaleNormalizedLifter, bn_momentum, pose_metrics, predict,  # noqa: E402
                                    recalibrate_batch_norm, set_bn_momentum, train_epoch)
 
@@ -96,11 +97,8 @@ def main(argv=None) -> int:
 
     # The same ring as mocap_glagcn.py (centred on the whole clip's root path), so the evaluation cameras
     # that the validation cameras keep away from are the ones the evaluation uses.
-    total = args.train_cameras + args.eval_cameras
     centre = clip[:, 0].mean(0)
-    ring = virtual_cameras(total, centre, seed=args.seed)
-    eval_ids = sorted({int((j + 0.5) * total / args.eval_cameras) % total for j in range(args.eval_cameras)})
-    eval_cameras = [ring[i] for i in eval_ids]
+    _, eval_cameras = camera_ring(args.train_cameras, args.eval_cameras, centre, args.seed)
     validation_cameras = random_cameras(4, centre, np.random.default_rng([args.seed, 777]), avoid=eval_cameras,
                                         min_separation=args.camera_margin)
 
@@ -109,7 +107,7 @@ def main(argv=None) -> int:
         model = GLAGCN(channels=args.channels, filter_widths=widths, dropout=args.dropout)
     else:
         reference = GLAGCN(channels=args.channels, filter_widths=widths, dropout=args.dropout)
-        channels = matching_baseline_channels(sum(p.numel() for p in reference.parameters()), widths)
+        channels = matching_baseline_channels(count_parameters(reference), widths)
         model = TemporalConvLifter(channels=channels, filter_widths=widths)
     if args.normalize_scale:
         model = ScaleNormalizedLifter(model)
@@ -149,15 +147,11 @@ def main(argv=None) -> int:
     recalibrate_batch_norm(model, windows, batch_size=256, device=args.device)
     summary = {
         "model": args.model, "epochs": args.epochs, "holdout": f"{start}:{end}", "seed": args.seed,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": count_parameters(model),
         "validation_mpjpe_mm": running, "validation_mpjpe_recalibrated_bn_mm": validation_mpjpe(),
         "history": history, "seconds": round(time.time() - started, 1),
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>36}: {value:.2f}" if isinstance(value, float) else f"{key:>36}: {value}")
+    print_summary(summary, args.json)
     return 0
 
 
