@@ -93,6 +93,8 @@ def main(argv=None) -> int:
                          f"got {start}:{end}")
     train_sequences = [part for part in (clip[:max(start - args.gap, 0)], clip[end + args.gap:training_frames])
                        if len(part)]
+    if not train_sequences:
+        raise ValueError(f"--holdout/--gap: {start}:{end} with a gap of {args.gap} leaves no training frames")
     validation_sequences = [clip[start:end]]
 
     # The same ring as mocap_glagcn.py (centred on the whole clip's root path), so the evaluation cameras

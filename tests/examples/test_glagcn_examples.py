@@ -106,5 +106,7 @@ def test_mocap_validation_split_never_touches_the_evaluation_part(real_data, cap
         assert np.isfinite(result["validation_mpjpe_mm"]) and np.isfinite(result["validation_mpjpe_recalibrated_bn_mm"])
     with pytest.raises(ValueError, match="--holdout"):
         example.main(common + ["--holdout", "280:300"])  # past the training part (290 of 415 frames)
+    with pytest.raises(ValueError, match="no training frames"):
+        example.main(common + ["--holdout", "3:287"])
     with pytest.raises(SystemExit):
         example.main(common + ["--holdout", "50:40"])
