@@ -177,7 +177,7 @@ class InputLinear(Linear):
         mixed = x.dtype == torch.bfloat16 and self.weight.dtype != torch.bfloat16
         if (x.layout != torch.sparse_csr and not mixed) or x.requires_grad:
             return super().forward(x.to(self.weight.dtype) if mixed else x)
-        if not hasattr(self, "_csr_transpose"):  # per layer: each caches the pattern of its own input
+        if not hasattr(self, "_csr_transpose"):  # made here: re-classed modules never run an __init__
             self._csr_transpose = _CSRTransposer()
         out = _InputProjection.apply(x, self.weight, self._csr_transpose)
         return out if self.bias is None else out + self.bias
@@ -186,7 +186,8 @@ class InputLinear(Linear):
 def _with_input_linear(conv: nn.Module) -> nn.Module:
     """Let a first-layer conv's projection ``conv.lin`` (a PyG ``Linear``) take bfloat16 / CSR inputs.
 
-    :class:`InputLinear` adds no state, so the existing module is re-classed in place: its parameters
+    :class:`InputLinear` adds no parameters or buffers (only a CSR-transpose cache it makes on first use), so
+    the existing module is re-classed in place: its parameters
     (already initialised by the conv), their keys and the random stream of model construction stay
     exactly as they were (building a new ``Linear`` would draw another initialisation)."""
     lin = getattr(conv, "lin", None)
