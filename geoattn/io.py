@@ -1,0 +1,155 @@
+"""Atomic file writes and checkpoints: the one ground-floor home for both.
+
+Every writer in geoattn that replaces a file the user may be reading (checkpoints, logs, predictions,
+pictures) goes through :func:`atomic_write_bytes`: the bytes go to a temporary file in the destination's
+folder (so the rename never crosses a file system), are flushed and fsynced, get the mode a plain
+``open(path, "w")`` would give (``0o666 & ~umask``, never mkstemp's ``0o600``), and are renamed over the
+destination with :func:`os.replace`. A reader therefore sees the old file or the new one, never half of
+one, and an interrupted write leaves no temporary file behind.
+
+Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) are ``torch.save`` dictionaries written
+atomically and read back with ``weights_only=True``: tensors, numbers, strings, lists, tuples and dicts
+only, so loading a file from elsewhere cannot run code.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "current_umask", "save_checkpoint", "load_checkpoint"]
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc/self/status``);
+    elsewhere by the classic set-and-restore, which is momentarily process-global."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
+    """Write ``data`` to ``path`` atomically; return ``path`` as a :class:`~pathlib.Path`.
+
+    Steps: create the parent folder if needed; ``mkstemp`` in that folder; write, flush, fsync; chmod to
+    ``0o666 & ~umask``; ``os.replace`` over ``path``. On any failure (including KeyboardInterrupt) the
+    temporary file is removed and the exception re-raised; ``path`` is then untouched.
+
+    Raises ``TypeError`` when ``data`` is not bytes-like and ``IsADirectoryError`` when ``path`` is a folder.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"atomic_write_bytes: data must be bytes-like, got {type(data).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`atomic_write_bytes` of ``text.encode(encoding)`` (no newline translation). ``TypeError`` when
+    ``text`` is not a str."""
+    if not isinstance(text, str):
+        raise TypeError(f"atomic_write_text: text must be a str, got {type(text).__name__}")
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise ``TypeError`` naming the key path when ``value`` holds anything but plain YAML/JSON types."""
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: keys must be str or int, got {type(key).__name__} {key!r}")
+            _check_plain(item, f"{where}.{key}")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(f"{where}: expected plain types (dict, list, str, int, float, bool, None), got "
+                    f"{type(value).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{**state, "config": config}`` with ``torch.save`` atomically (see :func:`atomic_write_bytes`).
+
+    ``state`` is a dict of tensors, state dicts, numbers, strings, lists and dicts (what ``weights_only``
+    loading accepts); ``config`` (optional) must hold plain types only -- it is how a loader checks that a
+    checkpoint belongs to the configuration it is about to build. Tensors are saved as they are (move them
+    to the CPU first if the file is to be read on a machine without the device).
+
+    Raises ``TypeError`` for a ``state`` that is not a mapping or a ``config`` with non-plain values (naming
+    the key path), ``ValueError`` when ``state`` already has a different ``"config"`` entry.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    payload = dict(state)
+    if config is not None:
+        _check_plain(config, "config")
+        if "config" in payload and payload["config"] != config:
+            raise ValueError("save_checkpoint: state already has a 'config' entry that differs from config")
+        payload["config"] = dict(config)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """The dictionary written by :func:`save_checkpoint` (or any ``torch.save`` dict of weights-only types).
+
+    Loaded with ``torch.load(weights_only=True)``, tensors mapped by ``map_location`` (default CPU).
+    Raises ``FileNotFoundError`` naming the file when it does not exist (or is a folder) and ``ValueError``
+    naming the file when it is empty, truncated, not a torch file, holds types the weights-only loader
+    refuses, or is not a dictionary.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a folder, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the checkpoint file is empty")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a weights-only checkpoint or corrupt ({first})") from None
+    except PermissionError:
+        raise
+    except Exception as error:  # the unpicklers raise many types (IndexError, EOFError, RuntimeError, ...)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: corrupt or truncated checkpoint ({type(error).__name__}: {first})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a checkpoint dictionary, got {type(state).__name__}")
+    return state
