@@ -20,6 +20,7 @@ __all__ = [
     "box_corners",
     "points_in_boxes",
     "points_in_boxes_pairs",
+    "boxes_intersection_bev",
     "boxes_iou_bev",
     "boxes_iou3d",
     "limit_angle",
@@ -181,6 +182,17 @@ def _bev_intersection_area(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     cross = ordered[..., 0] * following[..., 1] - ordered[..., 1] * following[..., 0]
     area = 0.5 * cross.sum(dim=2).abs()
     return torch.where(count >= 3, area, torch.zeros_like(area))
+
+
+def boxes_intersection_bev(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    """Area ``[A, B]`` of the intersection of the rotated bird's-eye-view rectangles of boxes ``[A, 7]`` and
+    ``[B, 7]``: the polygon ``R(heading) [+-dx/2, +-dy/2] + (x, y)`` of each box, intersected pairwise
+    (``boxes_iou_bev = inter / (dx_a dy_a + dx_b dy_b - inter)`` uses the same areas)."""
+    check_boxes(boxes_a, "boxes_a")
+    check_boxes(boxes_b, "boxes_b")
+    if boxes_a.shape[0] == 0 or boxes_b.shape[0] == 0:
+        return boxes_a.new_zeros(boxes_a.shape[0], boxes_b.shape[0])
+    return _bev_intersection_area(boxes_a, boxes_b)
 
 
 def boxes_iou_bev(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoattn.sparse.boxes import (box_corners, boxes_iou3d, boxes_iou_bev, limit_angle, points_in_boxes,
-                                  points_in_boxes_pairs, points_to_box_frame)
+from geoattn.sparse.boxes import (box_corners, boxes_intersection_bev, boxes_iou3d, boxes_iou_bev, limit_angle,
+                                  points_in_boxes, points_in_boxes_pairs, points_to_box_frame)
 
 
 def _random_boxes(num, generator, spread=2.0):
@@ -71,6 +71,22 @@ def test_iou_known_values():
     expected_3d[3] = 1 / 3
     assert torch.allclose(boxes_iou3d(a, b)[0], expected_3d, atol=1e-9)
     assert boxes_iou3d(a, b[:0]).shape == (1, 0)
+
+
+def test_intersection_bev_known_values():
+    """4 x 2 rectangles: shifted by 1 along x -> 3 x 2 = 6; rotated 90 degrees -> the 2 x 2 centre square = 4;
+    far apart -> 0; the areas agree with boxes_iou_bev = inter / (8 + 8 - inter)."""
+    a = torch.tensor([[0, 0, 0, 4, 2, 1, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[1, 0, 5, 4, 2, 3, 0.0], [0, 0, 0, 4, 2, 1, math.pi / 2], [10, 0, 0, 4, 2, 1, 0.3],
+                      [1, 1, 0, 4, 2, 1, math.pi / 2]], dtype=torch.float64)
+    inter = boxes_intersection_bev(a, b)
+    # last: rotated box spans x in [0, 2], y in [-1, 3]; overlap with [-2, 2] x [-1, 1] is 2 x 2
+    assert torch.allclose(inter[0], torch.tensor([6.0, 4.0, 0.0, 4.0], dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(boxes_iou_bev(a, b), inter / (16 - inter), atol=1e-12)
+    assert boxes_intersection_bev(a[:0], b).shape == (0, 4)
+    assert boxes_intersection_bev(a, b[:0]).shape == (1, 0)
+    with pytest.raises(ValueError, match="boxes_b"):
+        boxes_intersection_bev(a, b[:, :5])
 
 
 @settings(max_examples=8, deadline=None)
