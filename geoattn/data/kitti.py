@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geoattn.io import atomic_write_bytes, atomic_write_text
 from geoattn.sparse.boxes import limit_angle
 
 __all__ = [
@@ -37,6 +39,10 @@ __all__ = [
     "read_image",
     "read_calib",
     "read_label",
+    "write_label",
+    "write_calib",
+    "write_velodyne",
+    "read_image_set",
     "load_info_pickle",
     "load_kitti_frame",
     "load_mmdet3d_frame",
@@ -193,6 +199,165 @@ def read_label(path) -> KittiLabels:
     boxes = torch.stack([table[:, 10], table[:, 11], table[:, 12], length, height, width, table[:, 13]], 1)
     score = torch.tensor(scores, dtype=torch.float64) if len(scores) == len(names) and scores else None
     return KittiLabels(names, table[:, 0], table[:, 1].long(), table[:, 2], table[:, 3:7], boxes, score)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writers (atomic: a temporary file in the same folder, then os.replace; mode 0o666 & ~umask)
+# ---------------------------------------------------------------------------------------------------------
+
+def _as_output_path(path, name: str) -> Path:
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"{name}: expected a str or pathlib.Path, got {type(path).__name__}")
+    return Path(path)
+
+
+def _float64_array(value, name: str, shape: tuple) -> np.ndarray:
+    """``value`` (Tensor / array-like) as float64 numpy; ``shape`` entries of ``None`` match any size."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise TypeError(f"{name}: expected a numeric tensor, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if array.ndim != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        expected = "[" + ", ".join("K" if want is None else str(want) for want in shape) + "]"
+        raise ValueError(f"{name}: expected shape {expected}, got {tuple(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: holds non-finite values")
+    return array
+
+
+def write_label(path, labels: KittiLabels, precision: int | None = None) -> Path:
+    r"""Write ``labels`` as a KITTI ``label_2`` text file (atomically); the exact inverse of :func:`read_label`.
+
+    One line per object, the 15 KITTI columns
+    ``name truncated occluded alpha x1 y1 x2 y2 h w l x y z ry`` and a 16th ``score`` column when
+    ``labels.score`` is set. ``boxes_camera [K, 7]`` is ``(x, y, z, l, h, w, ry)``, so the file's dimension
+    columns are ``(h, w, l) = (boxes[:, 4], boxes[:, 5], boxes[:, 3])``. ``truncated`` is printed with 2
+    decimals, ``occluded`` as an integer, every other float with ``precision`` decimals (default 2, as the
+    KITTI ground-truth files, or 4 when a score is present, as OpenPCDet's prediction files), the score with
+    ``max(precision, 4)``. Reading the file back gives every value rounded to its printed precision.
+
+    Args:
+        path: output file (its folder is created).
+        labels: ``K`` rows (``K = 0`` writes an empty file).
+        precision: decimals of alpha, the 2-D box, the dimensions, the location and ``ry``.
+    """
+    path = _as_output_path(path, "path")
+    if not isinstance(labels, KittiLabels):
+        raise TypeError(f"labels: expected KittiLabels, got {type(labels).__name__}")
+    if precision is None:
+        precision = 2 if labels.score is None else 4
+    if isinstance(precision, bool) or not isinstance(precision, int) or not 0 <= precision <= 12:
+        raise ValueError(f"precision: expected an int in [0, 12], got {precision!r}")
+    count = len(labels.names)
+    for index, name in enumerate(labels.names):
+        if not isinstance(name, str) or not name or any(char.isspace() for char in name):
+            raise ValueError(f"labels.names[{index}]: expected a non-empty name without whitespace, got {name!r}")
+    truncated = _float64_array(labels.truncated, "labels.truncated", (count,))
+    occluded = _float64_array(labels.occluded, "labels.occluded", (count,))
+    if not np.array_equal(occluded, np.round(occluded)):
+        raise ValueError("labels.occluded: expected integers (0, 1, 2, 3 or -1)")
+    alpha = _float64_array(labels.alpha, "labels.alpha", (count,))
+    bbox = _float64_array(labels.bbox, "labels.bbox", (count, 4))
+    boxes = _float64_array(labels.boxes_camera, "labels.boxes_camera", (count, 7))
+    score = None if labels.score is None else _float64_array(labels.score, "labels.score", (count,))
+    f = f"%.{precision}f"
+    s = f"%.{max(precision, 4)}f"
+    lines = []
+    for k in range(count):
+        x, y, z, length, height, width, ry = boxes[k]
+        row = [labels.names[k], "%.2f" % truncated[k], "%d" % int(occluded[k]), f % alpha[k],
+               *(f % v for v in bbox[k]), f % height, f % width, f % length, f % x, f % y, f % z, f % ry]
+        if score is not None:
+            row.append(s % score[k])
+        lines.append(" ".join(row) + "\n")
+    return atomic_write_text(path, "".join(lines))
+
+
+def _format_calib_value(value: float) -> str:
+    """KITTI's ``%.12e`` when it reads back exactly, else the shortest exact ``repr``."""
+    text = "%.12e" % value
+    return text if float(text) == value else repr(float(value))
+
+
+def write_calib(path, calib: KittiCalibration) -> Path:
+    r"""Write ``calib`` as a KITTI ``calib/<frame>.txt`` (atomically); :func:`read_calib` reads it back exactly.
+
+    Lines ``P0..P3`` (the top 3x4 of each ``P[i]``), ``R0_rect`` (top-left 3x3), ``Tr_velo_to_cam`` (top 3x4)
+    and ``Tr_imu_to_velo`` (top 3x4, only when set), row-major, each value as ``%.12e`` (KITTI's own style)
+    or, when that would round it, its exact shortest representation.
+    """
+    path = _as_output_path(path, "path")
+    if not isinstance(calib, KittiCalibration):
+        raise TypeError(f"calib: expected KittiCalibration, got {type(calib).__name__}")
+    projections = _float64_array(calib.P, "calib.P", (4, 4, 4))
+    rect = _float64_array(calib.R0_rect, "calib.R0_rect", (4, 4))
+    velo = _float64_array(calib.Tr_velo_to_cam, "calib.Tr_velo_to_cam", (4, 4))
+    entries = [(f"P{i}", projections[i, :3, :4]) for i in range(4)]
+    entries += [("R0_rect", rect[:3, :3]), ("Tr_velo_to_cam", velo[:3, :4])]
+    if calib.Tr_imu_to_velo is not None:
+        entries.append(("Tr_imu_to_velo", _float64_array(calib.Tr_imu_to_velo, "calib.Tr_imu_to_velo", (4, 4))[:3, :4]))
+    text = "".join(f"{key}: " + " ".join(_format_calib_value(v) for v in matrix.ravel()) + "\n"
+                   for key, matrix in entries)
+    return atomic_write_text(path, text + "\n")
+
+
+def write_velodyne(path, points, num_features: int = 4) -> Path:
+    """Write a point cloud ``[N, num_features]`` as a KITTI ``.bin`` (float32, row-major; atomically).
+
+    Floating tensors/arrays of any precision are stored as float32; :func:`read_velodyne` reads the file
+    back (exactly, for float32 input). ``N = 0`` writes an empty file.
+    """
+    path = _as_output_path(path, "path")
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 3:
+        raise ValueError(f"num_features: expected an int >= 3, got {num_features!r}")
+    if isinstance(points, Tensor):
+        points = points.detach().cpu().numpy()
+    if not isinstance(points, np.ndarray):
+        raise TypeError(f"points: expected a Tensor or numpy array, got {type(points).__name__}")
+    if not np.issubdtype(points.dtype, np.floating):
+        raise TypeError(f"points: expected a floating dtype (stored as float32), got {points.dtype}")
+    if points.ndim != 2 or points.shape[1] != num_features:
+        raise ValueError(f"points: expected shape [N, {num_features}], got {tuple(points.shape)}")
+    if not np.isfinite(points).all():
+        raise ValueError("points: holds non-finite values")
+    return atomic_write_bytes(path, np.ascontiguousarray(points, dtype=np.float32).tobytes())
+
+
+_FRAME_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def read_image_set(root, split: str) -> list[str]:
+    """Frame ids of ``<root>/ImageSets/<split>.txt`` (one id a line, blank lines skipped), in file order.
+
+    Raises ``FileNotFoundError`` naming the file when it is missing and ``ValueError`` naming the file and
+    the line when a line is not one id (letters, digits, ``_ . -``) or an id repeats. An empty file gives ``[]``.
+    """
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"root: expected a str or pathlib.Path, got {type(root).__name__}")
+    if not isinstance(split, str) or not _FRAME_ID.match(split) or split in (".", ".."):
+        raise ValueError(f"split: expected a split name such as 'train' or 'val', got {split!r}")
+    path = Path(root) / "ImageSets" / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"split {split!r}: no image-set file {path}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file of frame ids ({error})") from None
+    ids: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token:
+            continue
+        if not _FRAME_ID.match(token):
+            raise ValueError(f"{path}:{number}: expected one frame id per line, got {line!r}")
+        if token in seen:
+            raise ValueError(f"{path}:{number}: frame id {token!r} is listed twice")
+        seen.add(token)
+        ids.append(token)
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -118,3 +118,164 @@ def test_non_kitti_info_pickle_is_refused(real_data):
     with pytest.raises(ValueError, match="'waymo' info pickle"):
         load_mmdet3d_frame(real_data / "lidar" / "snippets" / "waymo" / "kitti_format" / "waymo_infos_train.pkl",
                            camera="CAM_FRONT")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writers: write_label / write_calib / write_velodyne / read_image_set
+# ---------------------------------------------------------------------------------------------------------
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from geoattn.data.kitti import (KittiCalibration, KittiLabels, read_image_set, write_calib,  # noqa: E402
+                                write_label, write_velodyne)
+
+
+def _random_labels(count, score=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    names = [("Car", "Pedestrian", "Cyclist", "DontCare", "Person_sitting")[i % 5] for i in range(count)]
+    boxes = torch.cat([rand(count, 3) * 40 - 20, rand(count, 3) * 4 + 0.3, rand(count, 1) * 6 - 3], 1)
+    return KittiLabels(names, rand(count), torch.randint(-1, 4, (count,), generator=generator),
+                       rand(count) * 6 - 3, rand(count, 4) * 1000, boxes,
+                       score=rand(count) if score else None)
+
+
+@pytest.mark.parametrize("score", [False, True])
+def test_write_label_round_trip_to_printed_precision(tmp_path, score):
+    labels = _random_labels(12, score=score)
+    path = write_label(tmp_path / "label_2" / "000001.txt", labels)
+    back = read_label(path)
+    decimals = 4 if score else 2
+    rounded = lambda t, d=decimals: torch.round(t * 10**d) / 10**d  # noqa: E731
+    assert back.names == labels.names
+    assert torch.allclose(back.truncated, rounded(labels.truncated, 2), atol=1e-12)
+    assert torch.equal(back.occluded, labels.occluded)
+    assert torch.allclose(back.alpha, rounded(labels.alpha), atol=1e-12)
+    assert torch.allclose(back.bbox, rounded(labels.bbox), atol=1e-9)
+    assert torch.allclose(back.boxes_camera, rounded(labels.boxes_camera), atol=1e-12)
+    if score:
+        assert torch.allclose(back.score, rounded(labels.score, 4), atol=1e-12)
+        assert all(len(line.split()) == 16 for line in path.read_text().splitlines())
+    else:
+        assert back.score is None
+        assert all(len(line.split()) == 15 for line in path.read_text().splitlines())
+    # written again from what was read: the same bytes (a fixed point)
+    again = write_label(tmp_path / "again.txt", back)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_write_label_real_file_identical(real_data, tmp_path):
+    source = real_data / "lidar" / "kitti_360" / "label_2" / "000000.txt"
+    labels = read_label(source)
+    out = write_label(tmp_path / "x.txt", labels)
+    assert read_label(out).names == labels.names
+    assert out.read_text().split() == source.read_text().split()
+
+
+def test_write_label_empty_and_errors(tmp_path):
+    empty = _random_labels(0)
+    path = write_label(tmp_path / "empty.txt", empty)
+    assert path.read_text() == "" and len(read_label(path)) == 0
+    labels = _random_labels(3)
+    labels.names[1] = "Traffic light"
+    with pytest.raises(ValueError, match=r"labels.names\[1\]"):
+        write_label(tmp_path / "bad.txt", labels)
+    labels = _random_labels(3)
+    labels.bbox = labels.bbox[:, :3]
+    with pytest.raises(ValueError, match=r"labels.bbox: expected shape \[3, 4\], got \(3, 3\)"):
+        write_label(tmp_path / "bad.txt", labels)
+    with pytest.raises(TypeError, match="labels: expected KittiLabels"):
+        write_label(tmp_path / "bad.txt", {"names": []})
+    with pytest.raises(ValueError, match="precision"):
+        write_label(tmp_path / "bad.txt", _random_labels(2), precision=-1)
+    assert not (tmp_path / "bad.txt").exists()
+
+
+def _mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_writes_honour_umask_and_leave_no_temporaries(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        files = [write_label(tmp_path / "l.txt", _random_labels(2)),
+                 write_velodyne(tmp_path / "v.bin", np.zeros((3, 4), np.float32)),
+                 write_calib(tmp_path / "c.txt", _calib())]
+    finally:
+        os.umask(old)
+    for path in files:
+        assert _mode(path) == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "l.txt", "v.bin"]
+
+
+def _calib():
+    generator = torch.Generator().manual_seed(3)
+    projections = torch.eye(4, dtype=torch.float64).repeat(4, 1, 1)
+    projections[:, :3, :4] = torch.randn(4, 3, 4, generator=generator, dtype=torch.float64) * 500
+    rect = torch.eye(4, dtype=torch.float64)
+    rect[:3, :3] = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))[0]
+    velo = torch.eye(4, dtype=torch.float64)
+    velo[:3, :4] = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    return KittiCalibration(projections, rect, velo, velo.clone() * 0.5 + torch.eye(4, dtype=torch.float64) * 0.5)
+
+
+def test_write_calib_exact_round_trip(tmp_path):
+    calib = _calib()  # arbitrary float64 values: need the exact (repr) fall-back
+    back = read_calib(write_calib(tmp_path / "c.txt", calib))
+    for name in ("P", "R0_rect", "Tr_velo_to_cam", "Tr_imu_to_velo"):
+        assert torch.equal(getattr(back, name), getattr(calib, name)), name
+    calib.Tr_imu_to_velo = None
+    back = read_calib(write_calib(tmp_path / "c.txt", calib))
+    assert back.Tr_imu_to_velo is None and torch.equal(back.lidar2img(2), calib.lidar2img(2))
+
+
+def test_write_calib_real_file(real_data, tmp_path):
+    source = real_data / "lidar" / "kitti_360" / "calib" / "000000.txt"
+    out = write_calib(tmp_path / "c.txt", read_calib(source))
+    assert out.read_text().split() == source.read_text().split()  # KITTI's own %.12e style
+
+
+def test_write_calib_errors(tmp_path):
+    calib = _calib()
+    calib.R0_rect = calib.R0_rect[:3]
+    with pytest.raises(ValueError, match=r"calib.R0_rect: expected shape \[4, 4\]"):
+        write_calib(tmp_path / "c.txt", calib)
+    with pytest.raises(TypeError, match="calib: expected KittiCalibration"):
+        write_calib(tmp_path / "c.txt", None)
+
+
+def test_write_velodyne_round_trip_and_errors(tmp_path):
+    points = torch.randn(1000, 4, dtype=torch.float32)
+    assert torch.equal(read_velodyne(write_velodyne(tmp_path / "a.bin", points)), points)
+    assert torch.equal(read_velodyne(write_velodyne(tmp_path / "b.bin", points.numpy())), points)
+    assert read_velodyne(write_velodyne(tmp_path / "e.bin", torch.zeros(0, 4))).shape == (0, 4)
+    six = torch.randn(5, 6)
+    assert torch.equal(read_velodyne(write_velodyne(tmp_path / "s.bin", six, num_features=6), 6), six)
+    with pytest.raises(ValueError, match=r"points: expected shape \[N, 4\], got \(5, 3\)"):
+        write_velodyne(tmp_path / "x.bin", torch.zeros(5, 3))
+    with pytest.raises(TypeError, match="floating dtype"):
+        write_velodyne(tmp_path / "x.bin", torch.zeros(5, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-finite"):
+        write_velodyne(tmp_path / "x.bin", torch.full((2, 4), float("nan")))
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_read_image_set(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"ImageSets/train.txt"):
+        read_image_set(tmp_path, "train")
+    folder = tmp_path / "ImageSets"
+    folder.mkdir()
+    (folder / "train.txt").write_text("000003\n000001\n\n000010\n")
+    assert read_image_set(tmp_path, "train") == ["000003", "000001", "000010"]
+    (folder / "val.txt").write_text("")
+    assert read_image_set(str(tmp_path), "val") == []
+    (folder / "bad.txt").write_text("000001\n000002 000003\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: expected one frame id"):
+        read_image_set(tmp_path, "bad")
+    (folder / "dup.txt").write_text("000001\n000001\n")
+    with pytest.raises(ValueError, match=r"dup.txt:2: frame id '000001' is listed twice"):
+        read_image_set(tmp_path, "dup")
+    with pytest.raises(ValueError, match="split"):
+        read_image_set(tmp_path, "../x")
