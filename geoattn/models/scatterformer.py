@@ -1,14 +1,20 @@
 r"""ScatterFormer backbone: sparse-conv stem, two window-attention stages, attention pillar pooling to BEV.
 
 Layout (defaults = the official Waymo config; C = 128, 4 heads, window 12, voxel [0.32, 0.32, 0.1875] m,
-range [-76.8, -76.8, -2, 76.8, 76.8, 4] m, grid 32 x 480 x 480):
+range [-76.8, -76.8, -2, 76.8, 76.8, 4] m, voxel grid ``(Z, Y, X) = (32, 480, 480)``):
 
-1. voxel encoder: ``Linear(in, 64) + BN + ReLU`` on the mean point features of each voxel;
-2. stem (conditional positional encoding): ``SubMConv3d 3^3 (64 -> C) + BN + ReLU``, three sparse basic blocks
+0. the input: voxel features ``[V, in_channels]`` made by a separate voxel feature encoder, in the official
+   model :class:`geoattn.models.detection.DynamicVoxelVFE` (64 channels); the backbone has no encoder of its own;
+1. the sparse grid is the official ``grid_size[::-1] + [1, 0, 0]``: ``(Z + 1, Y, X) = (33, 480, 480)``. The extra
+   (always empty) top layer lets the stem's ``(3, 1, 1)`` stride-2 convolution without padding cover every
+   voxel layer: ``(33 - 3) // 2 + 1 = 16`` output layers whose windows ``[2k, 2k + 2]`` reach layer 31
+   (with 32 cells the stem gives 15 layers and drops layer 31);
+2. stem (conditional positional encoding): ``SubMConv3d 3^3 (in -> C) + BN + ReLU``, three sparse basic blocks
    (two ``SubMConv3d 3^3`` with BN, residual), ``SparseConv3d (3, 1, 1)`` stride ``(2, 1, 1)`` + BN + ReLU;
-3. stage 1: three :class:`~geoattn.nn.ScatterFormerBlock` on ``ws x ws`` full-height windows, BN;
-4. ``SparseConv3d 3^3`` stride 2 (no BN or activation), stage 2 (three blocks), BN;
-5. :class:`~geoattn.nn.AttentionPillarPooling` over each BEV column -> dense BEV map ``[B, C, Y/2, X/2]``.
+3. stage 1: three :class:`~geoattn.nn.ScatterFormerBlock` on ``ws x ws`` full-height windows (z = 16), BN;
+4. ``SparseConv3d 3^3`` stride 2, padding 1 (no BN or activation), stage 2 (three blocks, z = 8), BN;
+5. :class:`~geoattn.nn.AttentionPillarPooling` over each BEV column (height ``P = 8``) -> dense BEV map
+   ``[B, C, ceil(Y / 2), ceil(X / 2)]``.
 
 Each stage builds one :class:`~geoattn.sparse.window.WindowIndex`, sorts its features once and shares the index
 (and the tables cached on it) among its blocks. The stem uses spconv (CPU or CUDA; required).
@@ -23,7 +29,7 @@ from torch import Tensor, nn
 
 from geoattn import backends
 from geoattn.nn.scatterformer import AttentionPillarPooling, ScatterFormerBlock
-from geoattn.sparse.voxel import VoxelTensor, grid_shape, voxelize
+from geoattn.sparse.voxel import VoxelTensor, grid_shape
 from geoattn.sparse.window import WindowIndex
 
 __all__ = ["ScatterFormerBackbone", "ScatterFormerOutput"]
@@ -76,20 +82,25 @@ class ScatterFormerBackbone(nn.Module):
     r"""ScatterFormer 3-D backbone (Waymo configuration by default).
 
     Args:
-        in_channels: per-voxel input features (mean point features, e.g. x, y, z, intensity = 4).
+        in_channels: per-voxel input features, the output width of the voxel feature encoder (64 for the
+            official :class:`~geoattn.models.detection.DynamicVoxelVFE`).
         channels: width ``C`` of the stem output and both stages.
-        stem_channels: width of the voxel encoder (64).
         heads: SLA heads; window_size: BEV window size of both stages (12).
         blocks: ScatterFormer blocks per stage (3, 3); stem_blocks: sparse basic blocks in the stem (3).
         ffn_ratio: hidden width of the CWI feed-forward in multiples of ``C`` (2).
         pillar_heads: heads of the attention pillar pooling (8).
-        voxel_size, point_range: voxelisation used by :meth:`forward_points` and to size the grid.
+        voxel_size, point_range: the voxelisation of the input; they size the grid.
 
-    ``forward(voxels: VoxelTensor)`` with ``voxels.features [V, in_channels]`` on the grid of ``voxel_size`` and
-    ``point_range`` returns a :class:`ScatterFormerOutput`; :meth:`forward_points` voxelises a cloud first.
+    ``forward(voxels: VoxelTensor)`` with ``voxels.features [V, in_channels]`` and ``voxels.spatial_shape`` equal
+    to :attr:`grid` (``grid_shape(voxel_size, point_range)``, ``(Z, Y, X)``) returns a :class:`ScatterFormerOutput`.
+    Attributes: ``grid`` the voxel grid ``(Z, Y, X)``; ``sparse_shape`` the spconv grid ``(Z + 1, Y, X)``;
+    ``stem_height`` the z cells after the stem; ``pillar_height`` those of stage 2 (the pillar pooling's ``P``);
+    ``bev_stride`` the BEV map's stride in voxels (2).
     """
 
-    def __init__(self, in_channels: int = 4, channels: int = 128, stem_channels: int = 64, heads: int = 4,
+    bev_stride = 2
+
+    def __init__(self, in_channels: int = 64, channels: int = 128, heads: int = 4,
                  window_size: int = 12, blocks: Sequence[int] = (3, 3), stem_blocks: int = 3, ffn_ratio: int = 2,
                  pillar_heads: int = 8, voxel_size: Sequence[float] = WAYMO_VOXEL_SIZE,
                  point_range: Sequence[float] = WAYMO_POINT_RANGE):
@@ -103,14 +114,14 @@ class ScatterFormerBackbone(nn.Module):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.point_range = tuple(float(v) for v in point_range)
         self.grid = grid_shape(self.voxel_size, self.point_range)
-        stem_height = (self.grid[0] - 3) // 2 + 1  # SparseConv3d (3, 1, 1), stride (2, 1, 1), no padding
-        if stem_height < 1:
-            raise ValueError(f"point_range: expected at least 3 z cells, got a grid of {self.grid}")
-        self.pillar_height = (stem_height - 1) // 2 + 1  # SparseConv3d 3^3, stride 2, padding 1
+        # the official sparse shape grid_size[::-1] + [1, 0, 0]: one empty layer on top of the voxel grid
+        self.sparse_shape = (self.grid[0] + 1, self.grid[1], self.grid[2])
+        self.stem_height = (self.sparse_shape[0] - 3) // 2 + 1  # SparseConv3d (3, 1, 1), stride (2, 1, 1), pad 0
+        if self.stem_height < 1:
+            raise ValueError(f"point_range: expected at least 2 z cells, got a grid of {self.grid}")
+        self.pillar_height = (self.stem_height - 1) // 2 + 1  # SparseConv3d 3^3, stride 2, padding 1
 
-        self.encoder = nn.Sequential(nn.Linear(in_channels, stem_channels, bias=False), _norm(stem_channels),
-                                     nn.ReLU())
-        self.stem_conv = spconv.SubMConv3d(stem_channels, channels, 3, padding=1, bias=False, indice_key="stem")
+        self.stem_conv = spconv.SubMConv3d(in_channels, channels, 3, padding=1, bias=False, indice_key="stem")
         self.stem_norm = _norm(channels)
         self.stem_blocks = nn.ModuleList(_SparseBasicBlock(channels, "stem") for _ in range(stem_blocks))
         self.stem_down = spconv.SparseConv3d(channels, channels, (3, 1, 1), stride=(2, 1, 1), padding=0, bias=False)
@@ -147,7 +158,8 @@ class ScatterFormerBackbone(nn.Module):
         if tuple(voxels.spatial_shape) != self.grid:
             raise ValueError(f"voxels: expected spatial_shape {self.grid} (voxel_size, point_range), "
                              f"got {tuple(voxels.spatial_shape)}")
-        sparse = voxels.replace_features(self.encoder(voxels.features)).to_spconv()
+        # coords stay in [0, Z); the spconv grid has one more (empty) z layer, as the official backbone
+        sparse = VoxelTensor(voxels.features, voxels.coords, self.sparse_shape, voxels.batch_size).to_spconv()
         sparse = self.stem_conv(sparse)
         sparse = sparse.replace_feature(torch.relu(self.stem_norm(sparse.features)))
         for block in self.stem_blocks:
@@ -167,15 +179,6 @@ class ScatterFormerBackbone(nn.Module):
         pillars = VoxelTensor(pillar_features, pillar_coords4, (1, y_size, x_size), voxels.batch_size)
         return ScatterFormerOutput(bev.permute(0, 3, 1, 2), pillars, stage1, stage2)
 
-    def forward_points(self, points: Tensor, batch: Tensor | None = None,
-                       batch_size: int | None = None) -> ScatterFormerOutput:
-        """Voxelise ``points [N, 3 + F]`` (x, y, z first; ``3 + F == in_channels``) with mean features, then run."""
-        if points.dim() != 2 or points.shape[1] != self.in_channels or points.shape[1] < 3:
-            raise ValueError(f"points: expected [N, {self.in_channels}] with x, y, z first, got {tuple(points.shape)}")
-        voxels = voxelize(points[:, :3], self.voxel_size, self.point_range, features=points, batch=batch,
-                          batch_size=batch_size)
-        return self.forward(voxels.to_tensor())
-
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(in_channels={self.in_channels}, channels={self.channels}, "
-                f"window_size={self.window_size}, grid={self.grid}, stages=({len(self.stage1)}, {len(self.stage2)}))")
+                f"window_size={self.window_size}, grid={self.grid}, sparse_shape={self.sparse_shape}, stages=({len(self.stage1)}, {len(self.stage2)}))")
