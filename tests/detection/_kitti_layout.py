@@ -152,3 +152,62 @@ def kitti_data_config(gt_sampling: bool = True, world: bool = True, **overrides)
     }
     cfg.update(overrides)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenPCDet processed Waymo layout
+# ---------------------------------------------------------------------------------------------------------
+WAYMO_SEGMENT = "segment-1234567890_1000_000_1020_000_with_camera_labels"
+WAYMO_NAMES = np.array(["Vehicle", "Pedestrian", "unknown", "Cyclist", "Sign", "Vehicle"])
+
+
+def write_waymo_processed_root(root: Path, frames: int = 2, seed: int = 0, tag: str = "waymo_processed_data_v0_5_0",
+                               image_set: bool = True, split_pickle: bool = False) -> dict:
+    """``frames`` frames of one segment in OpenPCDet's processed format; returns the raw arrays written."""
+    import pickle
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    folder = root / tag / WAYMO_SEGMENT
+    folder.mkdir(parents=True, exist_ok=True)
+    boxes = np.array([[10, 2, 0.5, 4.5, 2.0, 1.6, 0.3, 1.0, 0.0], [6, -3, 0.4, 0.8, 0.7, 1.8, 0.0, 0.0, 0.5],
+                      [15, 8, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], [20, -6, 0.5, 1.8, 0.7, 1.7, 1.0, 0.2, 0.0],
+                      [25, 10, 2.5, 0.5, 0.2, 0.8, 0.0, 0.0, 0.0], [-30, 0, 0.6, 4.2, 1.9, 1.5, 2.0, 0.0, 0.0]],
+                     dtype=np.float32)
+    infos, raw = [], []
+    for index in range(frames):
+        count = 500
+        points = np.zeros((count, 6), np.float32)
+        points[:, 0] = rng.uniform(-60, 60, count)
+        points[:, 1] = rng.uniform(-60, 60, count)
+        points[:, 2] = rng.uniform(-1, 3, count)
+        points[:, 3] = rng.uniform(0, 20, count)
+        points[:, 4] = rng.uniform(0, 2, count)
+        points[:, 5] = np.where(rng.uniform(size=count) < 0.2, 1.0, -1.0)
+        inside = [points_inside(torch.from_numpy(b[:7].copy()), 10, rng).numpy() for b in boxes[:2]]
+        extra = np.concatenate(inside)
+        extra = np.concatenate([extra, np.full((len(extra), 2), 0.5, np.float32),
+                                -np.ones((len(extra), 1), np.float32)], 1)
+        points = np.concatenate([points, extra]).astype(np.float32)
+        np.save(folder / f"{index:04d}.npy", points)
+        raw.append(points)
+        infos.append({
+            "point_cloud": {"num_features": 5, "lidar_sequence": WAYMO_SEGMENT, "sample_idx": index},
+            "frame_id": f"{WAYMO_SEGMENT}_{index:03d}",
+            "metadata": {"context_name": "1234567890_1000_000_1020_000", "timestamp_micros": 1000 + index},
+            "image": {"image_shape_0": (1280, 1920)},
+            "pose": np.eye(4),
+            "annos": {"name": WAYMO_NAMES.copy(), "difficulty": np.array([1, 2, 0, 1, 1, 1]),
+                      "dimensions": boxes[:, 3:6].copy(), "location": boxes[:, :3].copy(),
+                      "heading_angles": boxes[:, 6].copy(), "num_points_in_gt": np.array([10, 10, 0, 0, 3, 50]),
+                      "gt_boxes_lidar": boxes.copy()},
+        })
+    with open(folder / f"{WAYMO_SEGMENT}.pkl", "wb") as handle:
+        pickle.dump(infos, handle)
+    if image_set:
+        (root / "ImageSets").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "train.txt").write_text(f"{WAYMO_SEGMENT}.tfrecord\n")
+    if split_pickle:
+        with open(root / f"{tag}_infos_train.pkl", "wb") as handle:
+            pickle.dump(infos, handle)
+    return {"points": raw, "infos": infos, "boxes": boxes}
