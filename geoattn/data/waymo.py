@@ -30,6 +30,7 @@ and numpy arrays, so no foreign code runs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,12 +75,13 @@ def _path(path, name: str, must_exist: bool = True) -> Path:
 # OpenPCDet processed format
 # ---------------------------------------------------------------------------------------------------------
 
-def read_waymo_processed_points(path, drop_nlz: bool = True, apply_tanh: bool = True) -> Tensor:
+def read_waymo_processed_points(path, drop_nlz: bool = True, tanh_dims: Sequence[int] = (3, 4)) -> Tensor:
     r"""One OpenPCDet processed Waymo frame ``<segment>/%04d.npy``.
 
     The file is float32 ``(N, 6)`` ``(x, y, z, i, e, nlz)``. With ``drop_nlz`` only the rows with
     ``nlz == -1`` (outside every no-label zone) are kept (OpenPCDet unless ``DISABLE_NLZ_FLAG_ON_POINTS``);
-    with ``apply_tanh`` the features become :math:`(\tanh i, \tanh e)`.
+    the columns ``tanh_dims`` (OpenPCDet ``POINTS_TANH_DIM``; default both features, as the ScatterFormer
+    recipe) become :math:`\tanh` of themselves, e.g. :math:`(\tanh i, \tanh e)`.
 
     Returns:
         float32 ``[N', 5]`` ``(x, y, z, intensity', elongation')``.
@@ -94,8 +96,11 @@ def read_waymo_processed_points(path, drop_nlz: bool = True, apply_tanh: bool = 
     if drop_nlz:
         points = points[array[:, 5] == -1]
     points = np.array(points, dtype=np.float32, copy=True)
-    if apply_tanh:
-        points[:, 3:5] = np.tanh(points[:, 3:5])
+    dims = [int(d) for d in tanh_dims]
+    if any(not 3 <= d < 5 for d in dims):
+        raise ValueError(f"tanh_dims: expected feature columns among 3 (intensity) and 4 (elongation), got {dims}")
+    if dims:
+        points[:, dims] = np.tanh(points[:, dims])
     return torch.from_numpy(points)
 
 

@@ -181,7 +181,8 @@ class GTDatabaseSampler:
                 db_infos.setdefault(str(name), []).extend(entries)
             database_root = database_root or full.parent
         prepare = _get(cfg, "PREPARE", {}) or {}
-        min_points = parse_class_counts(_get(prepare, "filter_by_min_points", []), f"{where}.PREPARE.filter_by_min_points")
+        min_points = parse_class_counts(_get(prepare, "filter_by_min_points", []),
+                                        f"{where}.PREPARE.filter_by_min_points")
         difficulty = _get(prepare, "filter_by_difficulty", []) or []
         groups = parse_class_counts(_get(cfg, "SAMPLE_GROUPS", []), f"{where}.SAMPLE_GROUPS")
         features = _get(cfg, "NUM_POINT_FEATURES")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_camera_to_lidar, read_calib, read_image_set,
@@ -130,7 +129,8 @@ class DetectionDataset(Dataset):
                     self.remove_outside_boxes = bool(_get(entry, "REMOVE_OUTSIDE_BOXES", True))
                 elif name == "shuffle_points":
                     enabled = _get(entry, "SHUFFLE_ENABLED", {"train": True, "test": False})
-                    self.shuffle = bool(enabled.get(self.mode, False)) if isinstance(enabled, Mapping) else bool(enabled)
+                    self.shuffle = (bool(enabled.get(self.mode, False)) if isinstance(enabled, Mapping)
+                                    else bool(enabled))
                 elif name not in _IGNORED_PROCESSORS:
                     raise ValueError(f"DATA_CONFIG.DATA_PROCESSOR[{number}].NAME: unsupported processor {name!r}")
         self.filter_empty_boxes = bool(_get(data_cfg, "FILTER_EMPTY_BOXES_FOR_TRAIN", True))
@@ -266,7 +266,8 @@ class WaymoDetectionDataset(DetectionDataset):
     ``num_points_in_gt == 0`` (OpenPCDet). ``calib``, ``image_shape`` and ``annos`` are ``None``;
     :meth:`evaluation_gt` gives the ground truth in :func:`geoattn.detection.waymo_eval.evaluate_waymo`'s form.
     Config keys: ``PROCESSED_DATA_TAG`` (default ``waymo_processed_data_v0_5_0``), ``SAMPLED_INTERVAL``
-    (``{train: k, test: k}``), ``DISABLE_NLZ_FLAG_ON_POINTS``.
+    (``{train: k, test: k}``), ``DISABLE_NLZ_FLAG_ON_POINTS`` (keep NLZ points), ``POINTS_TANH_DIM``
+    (default ``[3, 4]``: tanh on intensity and elongation).
     """
 
     def __init__(self, data_cfg: Mapping, class_names: Sequence[str], root, split: str = "train",
@@ -276,6 +277,8 @@ class WaymoDetectionDataset(DetectionDataset):
         interval = _get(data_cfg, "SAMPLED_INTERVAL", {}) or {}
         interval = int(interval.get(self.mode, 1)) if isinstance(interval, Mapping) else int(interval)
         self.drop_nlz = not bool(_get(data_cfg, "DISABLE_NLZ_FLAG_ON_POINTS", False))
+        tanh_dims = _get(data_cfg, "POINTS_TANH_DIM", [3, 4])
+        self.tanh_dims = [3, 4] if tanh_dims is None else [int(d) for d in tanh_dims]
         self.infos = load_waymo_split_infos(self.root, self.split, self.processed_data_tag, interval)
 
     @staticmethod
@@ -287,11 +290,13 @@ class WaymoDetectionDataset(DetectionDataset):
 
     def _points_path(self, info: dict) -> Path:
         cloud = info["point_cloud"]
-        return self.root / self.processed_data_tag / str(cloud["lidar_sequence"]) / f"{int(cloud['sample_idx']):04d}.npy"
+        segment = self.root / self.processed_data_tag / str(cloud["lidar_sequence"])
+        return segment / f"{int(cloud['sample_idx']):04d}.npy"
 
     def load_frame(self, index: int) -> dict:
         info = self.infos[index]
-        points = read_waymo_processed_points(self._points_path(info), drop_nlz=self.drop_nlz)
+        points = read_waymo_processed_points(self._points_path(info), drop_nlz=self.drop_nlz,
+                                             tanh_dims=self.tanh_dims)
         if points.shape[1] != len(self.src_feature_list):
             points = points[:, : len(self.src_feature_list)]
         annos = waymo_info_annotations(info)

@@ -70,7 +70,8 @@ def test_collated_batch_shapes_dtypes_and_padding(kitti_root):
     assert annos[0].names == ["Car", "Pedestrian", "Cyclist", "Van", "DontCare", "DontCare"]
     assert annos[1].names == ["Car", "Car", "Person_sitting", "Car", "DontCare", "DontCare"]
     # one sample alone and samples without boxes still give [B, >= 1] targets
-    alone = collate_detection([dict(samples[0], gt_boxes=torch.zeros(0, 7), gt_labels=torch.zeros(0, dtype=torch.long))])
+    empty = dict(samples[0], gt_boxes=torch.zeros(0, 7), gt_labels=torch.zeros(0, dtype=torch.long))
+    alone = collate_detection([empty])
     assert alone["gt_boxes"].shape == (1, 1, 7) and alone["gt_labels"].tolist() == [[-1]]
 
 
@@ -230,6 +231,11 @@ def test_waymo_processed_dataset(tmp_path):
         {"NAME": "random_world_flip", "ALONG_AXIS_LIST": ["x", "y"]}]}), classes, tmp_path, "train", True)
     # num_points_in_gt == 0 (the cyclist) is dropped for training, and boxes left without points too
     assert training[0]["gt_names"] == ["Vehicle", "Pedestrian"]
+    # the official config's switches: keep NLZ points, tanh on the listed columns only
+    kept = build_dataset(dict(cfg, DISABLE_NLZ_FLAG_ON_POINTS=True, POINTS_TANH_DIM=[3], DATA_PROCESSOR=[]),
+                         classes, tmp_path, "train", training=False)[1]["points"].numpy()
+    np.testing.assert_allclose(kept[:, 3], np.tanh(raw[:, 3]), rtol=1e-6)
+    np.testing.assert_array_equal(kept[:, [0, 1, 2, 4]], raw[:, [0, 1, 2, 4]])
     gt = evaluation.evaluation_gt()
     assert len(gt) == 2 and gt[0]["labels"].tolist() == [0, 1, 2, 0]
     assert gt[0]["num_points"].tolist() == [10, 10, 0, 50] and gt[0]["difficulty"].tolist() == [1, 2, 1, 1]
