@@ -43,7 +43,7 @@ from geoattn.sparse.boxes import limit_angle, points_in_boxes_pairs
 from geoattn.sparse.geometry import project_to_image
 
 __all__ = ["DetectionDataset", "KittiDetectionDataset", "WaymoDetectionDataset", "build_dataset",
-           "collate_detection"]
+           "collate_detection", "class_indices"]
 
 _IGNORED_PROCESSORS = ("transform_points_to_voxels", "transform_points_to_voxels_placeholder",
                        "calculate_grid_size", "sample_points")
@@ -55,6 +55,22 @@ def _get(cfg: Mapping, key: str, default=None):
     if key.lower() in cfg:
         return cfg[key.lower()]
     return default
+
+
+def class_indices(names: Sequence[str], class_names: Sequence[str]) -> torch.Tensor:
+    """Long ``[M]``: the index of each name in ``class_names``, -1 for names not in it (vectorised lookup).
+
+    With ``order = argsort(class_names)``, ``i = searchsorted(class_names[order], name)`` and the index is
+    ``order[i]`` when ``class_names[order[i]] == name``.
+    """
+    classes = np.asarray(list(class_names), dtype=str)
+    query = np.asarray(list(names), dtype=str).reshape(-1)
+    if query.size == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = np.argsort(classes, kind="stable")
+    position = np.clip(np.searchsorted(classes[order], query), 0, len(classes) - 1)
+    index = order[position]
+    return torch.from_numpy(np.where(classes[index] == query, index, -1).astype(np.int64))
 
 
 def _image_shape(path: Path) -> tuple[int, int]:
@@ -179,11 +195,10 @@ class DetectionDataset(Dataset):
         if self.training and self.augmentor is not None:
             sample = self.augmentor(sample, rng)
             augmentation = sample.get("augmentation")
-        points, boxes, names = sample["points"], sample["gt_boxes"], sample["gt_names"]
-        keep = torch.tensor([name in self.class_names for name in names], dtype=torch.bool)
-        boxes = boxes[keep].float().clone()
-        names = [name for name, k in zip(names, keep.tolist()) if k]
-        labels = torch.tensor([self.class_names.index(name) for name in names], dtype=torch.long)
+        points, boxes = sample["points"], sample["gt_boxes"]
+        labels = class_indices(sample["gt_names"], self.class_names)
+        keep = labels >= 0
+        boxes, labels = boxes[keep].float().clone(), labels[keep]
         boxes[:, 6] = limit_angle(boxes[:, 6])
         points = points[:, self.used_feature_index].float()
         if self.mask_range:
@@ -194,19 +209,17 @@ class DetectionDataset(Dataset):
                 centre = boxes[:, :3]
                 inside = ((centre >= low) & (centre <= high)).all(dim=1)
                 boxes, labels = boxes[inside], labels[inside]
-                names = [name for name, k in zip(names, inside.tolist()) if k]
         if self.training and self.filter_empty_boxes and boxes.shape[0] > 0:
             _, box_index = points_in_boxes_pairs(points, boxes)
             occupied = torch.bincount(box_index, minlength=boxes.shape[0]) > 0
             boxes, labels = boxes[occupied], labels[occupied]
-            names = [name for name, k in zip(names, occupied.tolist()) if k]
         if self.shuffle and points.shape[0] > 1:
             points = points[torch.from_numpy(rng.permutation(points.shape[0]))]
         return {
             "points": points.contiguous(),
             "gt_boxes": boxes.contiguous(),
             "gt_labels": labels,
-            "gt_names": names,
+            "gt_names": np.asarray(self.class_names, dtype=object)[labels.numpy()].tolist(),
             "frame_id": frame["frame_id"],
             "calib": frame.get("calib"),
             "image_shape": frame.get("image_shape"),
@@ -304,7 +317,7 @@ class WaymoDetectionDataset(DetectionDataset):
         if self.training and self.filter_empty_boxes:
             keep = annos.num_points > 0
             boxes = boxes[keep]
-            names = [name for name, k in zip(names, keep.tolist()) if k]
+            names = np.asarray(names, dtype=object)[keep.numpy()].tolist()
         frame_id = str(info.get("frame_id", f"{info['point_cloud']['lidar_sequence']}_{index:03d}"))
         return {"points": points, "gt_boxes": boxes, "gt_names": names, "frame_id": frame_id,
                 "calib": None, "image_shape": None, "annos": None}
@@ -315,9 +328,9 @@ class WaymoDetectionDataset(DetectionDataset):
         out = []
         for info in self.infos:
             annos = waymo_info_annotations(info)
-            keep = torch.tensor([name in self.class_names for name in annos.names], dtype=torch.bool)
-            labels = torch.tensor([self.class_names.index(n) for n, k in zip(annos.names, keep.tolist()) if k],
-                                  dtype=torch.long)
+            labels = class_indices(annos.names, self.class_names)
+            keep = labels >= 0
+            labels = labels[keep]
             out.append({"boxes": annos.boxes[keep], "labels": labels, "num_points": annos.num_points[keep],
                         "difficulty": annos.difficulty[keep]})
         return out

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from geoattn.data.kitti import KittiCalibration, KittiLabels, read_calib, read_velodyne
-from geoattn.detection.dataset import (KittiDetectionDataset, WaymoDetectionDataset, build_dataset,
+from geoattn.detection.dataset import (KittiDetectionDataset, WaymoDetectionDataset, build_dataset, class_indices,
                                        collate_detection)
 from geoattn.detection.gt_database import create_gt_database
 from geoattn.sparse.boxes import boxes_iou_bev, points_in_boxes
@@ -87,6 +87,14 @@ def test_label_mapping_and_boxes(kitti_root):
     # headings are wrapped into [-pi, pi)
     heading = dataset[1]["gt_boxes"][:, 6]
     assert bool(((heading >= -math.pi) & (heading < math.pi)).all())
+
+
+def test_class_indices_match_a_plain_loop():
+    classes = ["Pedestrian", "Car", "Cyclist"]
+    names = ["Car", "Van", "Cyclist", "DontCare", "Pedestrian", "Car", "Zebra", "Aardvark"]
+    expected = [classes.index(n) if n in classes else -1 for n in names]
+    assert class_indices(names, classes).tolist() == expected
+    assert class_indices([], classes).shape == (0,) and class_indices(["Car"], ["Car"]).tolist() == [0]
 
 
 def test_fov_filter_and_range_mask_match_a_direct_computation(kitti_root):
