@@ -107,8 +107,8 @@ class DetectionDataset(Dataset):
             raise TypeError(f"root: expected a str or pathlib.Path, got {type(root).__name__}")
         if not Path(root).is_dir():
             raise FileNotFoundError(f"root: no such folder {root}")
-        if not isinstance(seed, int):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.data_cfg = data_cfg
         self.class_names = list(class_names)
         self.root = Path(root)

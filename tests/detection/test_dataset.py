@@ -211,6 +211,8 @@ def test_errors(kitti_root):
         collate_detection([dataset[0], dict(dataset[1], points=dataset[1]["points"][:, :3])])
     with pytest.raises(ValueError, match="epoch"):
         dataset.set_epoch(-1)
+    with pytest.raises(ValueError, match="seed"):
+        build_dataset(_no_aug(), CLASSES, kitti_root, "train", False, seed=-1)
 
 
 def test_waymo_processed_dataset(tmp_path):
