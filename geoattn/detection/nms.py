@@ -154,39 +154,54 @@ def _morton_code(centre: Tensor, cell: Tensor) -> Tensor:
     return code
 
 
-def greedy_keep(sup: Tensor) -> Tensor:
+def greedy_keep(sup: Tensor, dense: bool | None = None) -> Tensor:
     """Greedy NMS decisions ``keep [n]`` (bool) from an upper-triangular suppression matrix ``sup [n, n]``.
 
     ``keep[b]`` iff no ``a < b`` with ``keep[a] and sup[a, b]`` -- resolved in rounds (module docstring),
-    each round deciding every box whose predecessors are all decided.
+    each round deciding every box whose predecessors are all decided. ``dense`` picks the matrix-vector
+    rounds (default on CUDA) instead of the edge-list rounds (default on CPU); both give the same result.
     """
     n = sup.shape[0]
-    device = sup.device
-    undecided = torch.ones(n, dtype=torch.bool, device=device)
-    kept = torch.zeros(n, dtype=torch.bool, device=device)
+    if dense is None:
+        dense = sup.device.type != "cpu"
     if n == 0:
-        return kept
-    if device.type == "cpu":
-        # The suppression edges (a -> b) as a list: every round costs O(edges + n).
-        src, dst = sup.nonzero(as_tuple=True)
-        pending = torch.bincount(dst, minlength=n)  # undecided predecessors that could suppress each box
-        while True:
-            ready = undecided & (pending == 0)
-            if not bool(ready.any()):
-                break
-            kept |= ready
-            hit = torch.zeros(n, dtype=torch.bool)
-            hit[dst[ready[src]]] = True
-            decided = ready | (hit & undecided)
-            undecided &= ~decided
-            pending -= torch.bincount(dst[decided[src]], minlength=n)
-        return kept
-    weights = sup.to(torch.float16)
+        return torch.zeros(0, dtype=torch.bool, device=sup.device)
+    return _dense_rounds(sup) if dense else _edge_rounds(sup)
+
+
+def _edge_rounds(sup: Tensor) -> Tensor:
+    """Rounds over the listed suppression edges (a -> b): each round costs O(edges + n)."""
+    n = sup.shape[0]
+    undecided = torch.ones(n, dtype=torch.bool, device=sup.device)
+    kept = torch.zeros(n, dtype=torch.bool, device=sup.device)
+    src, dst = sup.nonzero(as_tuple=True)
+    pending = torch.bincount(dst, minlength=n)  # undecided predecessors that could suppress each box
+    while True:
+        ready = undecided & (pending == 0)
+        if not bool(ready.any()):
+            return kept
+        kept |= ready
+        hit = torch.zeros(n, dtype=torch.bool, device=sup.device)
+        hit[dst[ready[src]]] = True
+        decided = ready | (hit & undecided)
+        undecided &= ~decided
+        pending -= torch.bincount(dst[decided[src]], minlength=n)
+
+
+def _dense_rounds(sup: Tensor) -> Tensor:
+    """Rounds as two matrix-vector products over ``sup`` (float16 on CUDA, float32 on CPU); only ``> 0``
+    is tested, which rounding of sums of zeros and ones cannot break. One host sync per
+    ``_CUDA_ROUNDS_PER_SYNC`` rounds (extra rounds after convergence change nothing)."""
+    n = sup.shape[0]
+    undecided = torch.ones(n, dtype=torch.bool, device=sup.device)
+    kept = torch.zeros(n, dtype=torch.bool, device=sup.device)
+    dtype = torch.float16 if sup.device.type == "cuda" else torch.float32
+    weights = sup.to(dtype)
     while True:
         for _ in range(_CUDA_ROUNDS_PER_SYNC):
-            blocked = (undecided.to(torch.float16) @ weights) > 0
+            blocked = (undecided.to(dtype) @ weights) > 0
             new_kept = undecided & ~blocked
-            hit = (new_kept.to(torch.float16) @ weights) > 0
+            hit = (new_kept.to(dtype) @ weights) > 0
             kept |= new_kept
             undecided &= ~(new_kept | hit)
         if not bool(undecided.any()):

@@ -159,6 +159,9 @@ def test_long_suppression_chain():
     boxes[:, 3:6] = torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64)
     scores = torch.linspace(1, 0, n, dtype=torch.float64)
     assert nms_bev(boxes, scores, 0.1).tolist() == list(range(0, n, 2))
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sup = suppression_matrix(boxes[order], torch.full((n,), 0.1, dtype=torch.float64))
+    assert torch.equal(greedy_keep(sup, dense=True), greedy_keep(sup, dense=False))
     assert torch.equal(nms_bev(boxes, scores, 0.1), reference_nms(boxes, scores, 0.1))
 
 
@@ -171,6 +174,7 @@ def test_greedy_keep_on_random_matrices():
         for b in range(n):
             keep[b] = not bool((keep[:b] & sup[:b, b]).any())
         assert torch.equal(greedy_keep(sup), keep)
+        assert torch.equal(greedy_keep(sup, dense=True), keep)  # the CUDA-style matrix-vector rounds
 
 
 def test_memory_bound_at_4096_boxes(monkeypatch):
