@@ -437,7 +437,8 @@ def _cyclist_parts(rng, length, width, height) -> list[Primitive]:
     m = 0.03
     l = length - 2 * m
     metal = dict(reflectance=float(rng.uniform(0.3, 0.7)), colour=tuple(float(v) for v in rng.uniform(0.1, 0.9, 3)))
-    tyre = dict(reflectance=0.05, colour=(0.05, 0.05, 0.05), dropout=0.15)
+    # spoked wheels: the tyre and rim return, most rays pass between the spokes
+    tyre = dict(reflectance=0.05, colour=(0.05, 0.05, 0.05), dropout=0.6)
     clothes = dict(reflectance=float(rng.uniform(0.15, 0.5)),
                    colour=tuple(float(v) for v in rng.uniform(0.05, 0.8, 3)))
     skin = dict(reflectance=0.35, colour=(0.85, 0.65, 0.5))
@@ -575,7 +576,7 @@ def random_layout(rng: np.random.Generator) -> SceneLayout:
         return bool((boxes_iou_bev(candidate, torch.from_numpy(others[near])) <= 0).all())
 
     # labelled objects
-    counts = {"Car": int(rng.integers(3, 14)), "Pedestrian": int(rng.integers(0, 8)), "Cyclist": int(rng.integers(0, 4))}
+    counts = {"Car": int(rng.integers(3, 14)), "Pedestrian": int(rng.integers(1, 10)), "Cyclist": int(rng.integers(0, 4))}
     order = [name for name in CLASS_NAMES for _ in range(counts[name])]
     rng.shuffle(order)
     for name in order:
@@ -652,14 +653,15 @@ def random_layout(rng: np.random.Generator) -> SceneLayout:
     foliage = dict(dropout=0.35, noise=0.06)
     for _ in range(int(rng.integers(0, 9))):
         crown = rng.uniform([1.0, 1.0, 1.2], [2.5, 2.5, 3.0])
-        spot = place(0.6, walk_spot)
+        spot = place(1.0, walk_spot)
         if spot is None:
             continue
-        trunk_r, trunk_h = float(rng.uniform(0.1, 0.25)), float(rng.uniform(1.8, 3.5))
+        # the crown starts above 2 m, over the heads of pedestrians and cyclists and the roofs of cars
+        trunk_r, trunk_h = float(rng.uniform(0.1, 0.25)), float(rng.uniform(2.4, 4.0))
         z0 = ground_z(*spot)
         layout.background.append(_part("cylinder", (spot[0], spot[1], z0 + trunk_h / 2), (trunk_r, trunk_r, trunk_h / 2),
                                        reflectance=0.35, colour=(0.35, 0.25, 0.15)))
-        layout.background.append(_part("ellipsoid", (spot[0], spot[1], z0 + trunk_h + crown[2] * 0.8), crown,
+        layout.background.append(_part("ellipsoid", (spot[0], spot[1], z0 + trunk_h + crown[2] * 0.85), crown,
                                        _rot_z(float(rng.uniform(0, math.pi))), reflectance=float(rng.uniform(0.25, 0.5)),
                                        colour=(0.15, float(rng.uniform(0.35, 0.55)), 0.12), **foliage))
     for _ in range(int(rng.integers(2, 12))):
