@@ -1092,8 +1092,23 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _write_frame(job) -> tuple[int, dict]:
+    """Generate and write frame ``index`` (a top-level function so that worker processes can run it)."""
+    base, seed, index, sensor = job
+    frame = generate_scene(frame_seed(seed, index), sensor)
+    name = f"{index:06d}"
+    write_velodyne(base / "velodyne" / f"{name}.bin", frame.points)
+    write_calib(base / "calib" / f"{name}.txt", frame.calib)
+    write_label(base / "label_2" / f"{name}.txt", frame.labels)
+    atomic_write_bytes(base / "image_2" / f"{name}.png", _png_bytes(frame.image.numpy()))
+    names: dict = {}
+    for label in frame.labels.names:
+        names[label] = names.get(label, 0) + 1
+    return int(frame.points.shape[0]), names
+
+
 def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: float = 0.2, progress: bool = True,
-                          sensor: SensorModel = HDL64) -> dict:
+                          sensor: SensorModel = HDL64, workers: int = 1) -> dict:
     """Generate ``frames`` scenes into a KITTI object folder.
 
     Writes ``out_dir/training/{velodyne,calib,label_2,image_2}/%06d.{bin,txt,txt,png}`` (frame ``i`` from
@@ -1104,7 +1119,8 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
     ``out_dir`` must be missing, empty or a previous synthetic folder; a previous folder written with the
     same arguments is left as it is (files derived from it, such as a GT database, stay valid), one with other
     arguments is regenerated when it holds nothing but generated files (stale frames are removed), and any
-    other folder raises ``FileExistsError`` (a user's files are never overwritten).
+    other folder raises ``FileExistsError`` (a user's files are never overwritten). ``workers > 1`` generates
+    frames in that many processes (same bytes: every frame depends on its own seed only).
 
     Returns a summary: ``{"out_dir", "frames", "train", "val", "seconds", "points_per_frame",
     "objects": {class: count}, "dontcare", "skipped"}``.
@@ -1118,6 +1134,8 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
     seed = _check_seed(seed)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction <= 1:
         raise ValueError(f"val_fraction: expected a number in [0, 1], got {val_fraction!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
     frames = int(frames)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -1153,26 +1171,33 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / _MARKER, json.dumps({**params, "complete": False}, indent=1) + "\n")
     base = out_dir / "training"
-    iterator = range(frames)
+    jobs = [(base, seed, i, sensor) for i in range(frames)]
+    start = time.perf_counter()
+    pool = None
+    if workers > 1 and frames > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, frames))
+        results = pool.imap(_write_frame, jobs, chunksize=4)
+    else:
+        results = map(_write_frame, jobs)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="synthetic KITTI", unit="frame")
-    start = time.perf_counter()
+        results = tqdm(results, total=frames, desc="synthetic KITTI", unit="frame")
     total_points = 0
-    for i in iterator:
-        frame = generate_scene(frame_seed(seed, i), sensor)
-        name = ids[i]
-        write_velodyne(base / "velodyne" / f"{name}.bin", frame.points)
-        write_calib(base / "calib" / f"{name}.txt", frame.calib)
-        write_label(base / "label_2" / f"{name}.txt", frame.labels)
-        atomic_write_bytes(base / "image_2" / f"{name}.png", _png_bytes(frame.image.numpy()))
-        total_points += frame.points.shape[0]
-        for label in frame.labels.names:
-            if label in summary["objects"]:
-                summary["objects"][label] += 1
-            elif label == "DontCare":
-                summary["dontcare"] += 1
+    try:
+        for num_points, names in results:
+            total_points += num_points
+            for label, count in names.items():
+                if label in summary["objects"]:
+                    summary["objects"][label] += count
+                elif label == "DontCare":
+                    summary["dontcare"] += count
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     summary["seconds"] = time.perf_counter() - start
     summary["points_per_frame"] = total_points / frames
     sets = out_dir / "ImageSets"

@@ -261,3 +261,12 @@ def test_write_synthetic_kitti_refuses_foreign_folders(tmp_path):
         write_synthetic_kitti(tmp_path / "new", 1, val_fraction=1.5, progress=False)
     with pytest.raises(ValueError, match="seed"):
         generate_scene(-1)
+
+
+def test_write_synthetic_kitti_workers_same_bytes(tmp_path):
+    write_synthetic_kitti(tmp_path / "one", 2, seed=9, progress=False)
+    write_synthetic_kitti(tmp_path / "two", 2, seed=9, progress=False, workers=2)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) == 2 * 4 + 3 + 1
+    for rel in files:
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
