@@ -27,7 +27,8 @@ Labels (KITTI ``label_2`` rows in the rectified camera frame, see :func:`geoattn
 * an object is labelled when its 3-D box projects into the image (some part of the box in front of the
   camera, the 2-D box overlapping the image) and at least one LiDAR return hit it;
 * ``truncated`` = ``1 - area(B ∩ image) / area(B)`` where ``B`` is the axis-aligned box around the
-  projected 3-D box corners (the box first clipped at the camera's near plane, 0.1 m);
+  projected corners of the label's camera-frame 3-D box (as the KITTI devkit builds them; the box first
+  clipped at the camera's near plane, 0.1 m);
 * ``occluded`` from the visible fraction ``f = v / u`` of LiDAR rays, ``u`` = rays that hit the object when
   it is cast alone (the unoccluded estimate), ``v`` = rays whose nearest hit is the object:
   ``f >= 0.8 -> 0`` (fully visible), ``f >= 0.4 -> 1`` (partly), ``f > 0 -> 2`` (largely occluded);
@@ -65,7 +66,7 @@ from torch import Tensor
 from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_lidar_to_camera, write_calib, write_label,
                                 write_velodyne)
 from geoattn.io import atomic_write_bytes, atomic_write_text
-from geoattn.sparse.boxes import box_corners, boxes_iou_bev, limit_angle
+from geoattn.sparse.boxes import boxes_iou_bev, limit_angle
 
 __all__ = [
     "CLASS_NAMES",
@@ -870,16 +871,24 @@ def _render_image(layout: SceneLayout, parts: list[Primitive], calib: KittiCalib
 _EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]])
 
 
-def _projected_boxes(boxes: np.ndarray, calib: KittiCalibration, near: float = 0.1):
-    r"""Axis-aligned 2-D boxes ``[K, 4]`` around the projected 3-D boxes ``[K, 7]`` (LiDAR), after clipping
-    each box at the camera near plane ``z_cam = near`` (corners in front plus the crossings of the 12 edges),
-    and ``valid [K]`` (some part in front). Pixels: ``(u, v) = (P_2 X)_{xy} / (P_2 X)_z``."""
-    count = boxes.shape[0]
+def _projected_boxes(boxes_camera: np.ndarray, calib: KittiCalibration, near: float = 0.1):
+    r"""Axis-aligned 2-D boxes ``[K, 4]`` around the projected label boxes ``[K, 7]`` (camera frame
+    ``(x, y, z, l, h, w, ry)``, bottom centre), and ``valid [K]`` (some part in front of the camera).
+
+    Corners as the KITTI devkit builds them: :math:`X = R_y(ry) (\pm l/2, \{0, -h\}, \pm w/2) + (x, y, z)`;
+    the box is clipped at the near plane ``z = near`` (corners in front plus the crossings of the 12 edges),
+    then projected with ``P2``: :math:`(u, v) = (P_2 X)_{xy} / (P_2 X)_z`.
+    """
+    count = boxes_camera.shape[0]
     if count == 0:
         return np.zeros((0, 4)), np.zeros(0, dtype=bool)
-    corners = box_corners(torch.from_numpy(boxes)).numpy()                      # [K, 8, 3]
-    lidar2cam = calib.lidar2cam.numpy()
-    cam = corners @ lidar2cam[:3, :3].T + lidar2cam[:3, 3]
+    length, height, width, ry = (boxes_camera[:, i, None] for i in (3, 4, 5, 6))
+    sx = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
+    sz = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
+    top = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    lx, ly, lz = sx * length, -top * height, sz * width                        # [K, 8]
+    cos, sin = np.cos(ry), np.sin(ry)
+    cam = np.stack([cos * lx + sin * lz, ly, -sin * lx + cos * lz], -1) + boxes_camera[:, None, 0:3]
     p0, p1 = cam[:, _EDGES[:, 0]], cam[:, _EDGES[:, 1]]                        # [K, 12, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         s = (near - p0[..., 2]) / (p1[..., 2] - p0[..., 2])
@@ -904,14 +913,14 @@ def _labels(layout: SceneLayout, calib: KittiCalibration, visible: np.ndarray, s
     height, width = IMAGE_HW
     count = len(layout.objects)
     boxes = np.stack([obj.box for obj in layout.objects]) if count else np.zeros((0, 7))
-    full, in_front = _projected_boxes(boxes, calib)
+    boxes_camera = boxes_lidar_to_camera(torch.from_numpy(boxes), calib.lidar2cam).numpy()
+    full, in_front = _projected_boxes(boxes_camera, calib)
     clipped = np.stack([full[:, 0].clip(0, width - 1), full[:, 1].clip(0, height - 1),
                         full[:, 2].clip(0, width - 1), full[:, 3].clip(0, height - 1)], 1)
     area_full = np.maximum(full[:, 2] - full[:, 0], 0) * np.maximum(full[:, 3] - full[:, 1], 0)
     area_in = np.maximum(clipped[:, 2] - clipped[:, 0], 0) * np.maximum(clipped[:, 3] - clipped[:, 1], 0)
     in_image = in_front & (area_in > 0)
     truncation = np.where(area_full > 0, 1 - area_in / np.maximum(area_full, 1e-12), 1.0).clip(0, 1)
-    boxes_camera = boxes_lidar_to_camera(torch.from_numpy(boxes), calib.lidar2cam).numpy()
     depth = boxes_camera[:, 2]
     fraction = visible / np.maximum(self_hits, 1)
     occlusion = np.where(fraction >= 0.8, 0, np.where(fraction >= 0.4, 1, 2))

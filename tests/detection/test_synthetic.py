@@ -270,3 +270,31 @@ def test_write_synthetic_kitti_workers_same_bytes(tmp_path):
     assert len(files) == 2 * 4 + 3 + 1
     for rel in files:
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+
+
+def test_2d_boxes_match_projected_label_corners(frames):
+    """Reference: the KITTI devkit's corners of each label box, projected one by one with P2 (a plain loop);
+    for boxes wholly in front of the camera the 2-D box is their min / max clipped to the image."""
+    projection = frames[0].calib.P[2].numpy()
+    checked = 0
+    for frame in frames:
+        labels = frame.labels
+        for row, name in enumerate(labels.names):
+            if name == "DontCare":
+                continue
+            x, y, z, length, height, width, ry = labels.boxes_camera[row].tolist()
+            us, vs = [], []
+            for dx in (-length / 2, length / 2):
+                for dy in (0.0, -height):
+                    for dz in (-width / 2, width / 2):
+                        cx = math.cos(ry) * dx + math.sin(ry) * dz + x
+                        cz = -math.sin(ry) * dx + math.cos(ry) * dz + z
+                        pix = projection[:3, :3] @ np.array([cx, y + dy, cz]) + projection[:3, 3]
+                        us.append(pix[0] / pix[2])
+                        vs.append(pix[1] / pix[2])
+            if min(cz for cz in [z - length, z]) < 0.5:
+                continue
+            expected = [max(min(us), 0), max(min(vs), 0), min(max(us), IMAGE_HW[1] - 1), min(max(vs), IMAGE_HW[0] - 1)]
+            assert np.allclose(labels.bbox[row].numpy(), expected, atol=1e-6)
+            checked += 1
+    assert checked >= 10
