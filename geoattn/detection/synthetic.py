@@ -1071,11 +1071,27 @@ def _read_marker(out_dir: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("generator") == __name__ else None
 
 
+_DERIVED_FILE = re.compile(r"^kitti_(db)?infos_[A-Za-z0-9_]+\.pkl$")
+_DERIVED_DB_FILE = re.compile(r"^\d{6}_[A-Za-z_]+_\d+\.bin$")
+
+
+def _derived_entries(out_dir: Path) -> list[Path]:
+    """Files derived from a synthetic folder by ``geoattn create-gt-database`` (``kitti_dbinfos_*.pkl``,
+    ``kitti_infos_*.pkl``, ``gt_database/<frame>_<class>_<k>.bin``): stale once the frames are regenerated."""
+    derived = [e for e in out_dir.iterdir() if e.is_file() and _DERIVED_FILE.match(e.name)]
+    database = out_dir / "gt_database"
+    if database.is_dir() and all(e.is_file() and _DERIVED_DB_FILE.match(e.name) for e in database.iterdir()):
+        derived.append(database)
+    return sorted(derived)
+
+
 def _foreign_entries(out_dir: Path) -> list[str]:
-    """Entries of ``out_dir`` that a previous run of :func:`write_synthetic_kitti` would not have written."""
+    """Entries of ``out_dir`` that neither a previous run of :func:`write_synthetic_kitti` nor
+    ``create-gt-database`` on its output would have written."""
     foreign = []
+    derived = {e.name for e in _derived_entries(out_dir)}
     for entry in sorted(out_dir.iterdir()):
-        if entry.name == _MARKER and entry.is_file():
+        if (entry.name == _MARKER and entry.is_file()) or entry.name in derived:
             continue
         if entry.name == "ImageSets" and entry.is_dir():
             foreign += [f"ImageSets/{e.name}" for e in sorted(entry.iterdir())
@@ -1127,8 +1143,9 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
 
     ``out_dir`` must be missing, empty or a previous synthetic folder; a previous folder written with the
     same arguments is left as it is (files derived from it, such as a GT database, stay valid), one with other
-    arguments is regenerated when it holds nothing but generated files (stale frames are removed), and any
-    other folder raises ``FileExistsError`` (a user's files are never overwritten). ``workers > 1`` generates
+    arguments is regenerated when it holds nothing but generated files (stale frames are removed, and so are
+    a GT database and infos pickles made from the old frames: ``kitti_dbinfos_*.pkl``, ``kitti_infos_*.pkl``,
+    ``gt_database/<frame>_<class>_<k>.bin``), and any other folder raises ``FileExistsError`` (a user's files are never overwritten). ``workers > 1`` generates
     frames in that many processes (same bytes: every frame depends on its own seed only).
 
     Returns a summary: ``{"out_dir", "frames", "train", "val", "seconds", "points_per_frame",
@@ -1171,6 +1188,13 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
             raise FileExistsError(f"out_dir: {out_dir} is a synthetic KITTI folder of other parameters that also "
                                   f"holds other files ({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); "
                                   "refusing to regenerate it -- remove them or choose a new folder")
+        for entry in _derived_entries(out_dir):
+            if entry.is_dir():
+                for item in entry.iterdir():
+                    item.unlink()
+                entry.rmdir()
+            else:
+                entry.unlink()
         for sub in _SUBDIRS:
             folder = out_dir / "training" / sub
             if folder.is_dir():

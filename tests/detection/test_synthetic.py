@@ -251,10 +251,20 @@ def test_write_synthetic_kitti_refuses_foreign_folders(tmp_path):
     write_synthetic_kitti(out, 1, seed=2, progress=False)
     assert sorted(p.name for p in (out / "training/velodyne").iterdir()) == ["000000.bin"]
     assert read_image_set(out, "trainval") == ["000000"]
-    # ... but not when it holds files of the user's (e.g. a GT database)
+    # a GT database made from the old frames is stale: removed on regeneration
     (out / "gt_database").mkdir()
-    with pytest.raises(FileExistsError, match="gt_database"):
-        write_synthetic_kitti(out, 1, seed=3, progress=False)
+    (out / "gt_database" / "000000_Car_0.bin").write_bytes(b"")
+    (out / "kitti_dbinfos_train.pkl").write_bytes(b"")
+    write_synthetic_kitti(out, 1, seed=3, progress=False)
+    assert not (out / "gt_database").exists() and not (out / "kitti_dbinfos_train.pkl").exists()
+    # ... but files of the user's make it refuse, and stay
+    (out / "gt_database").mkdir()
+    (out / "gt_database" / "mine.txt").write_text("mine")
+    (out / "training" / "velodyne" / "notes.md").write_text("mine")
+    with pytest.raises(FileExistsError, match="gt_database/mine.txt|gt_database"):
+        write_synthetic_kitti(out, 1, seed=4, progress=False)
+    assert (out / "gt_database" / "mine.txt").read_text() == "mine"
+    assert (out / "training" / "velodyne" / "notes.md").exists()
     with pytest.raises(ValueError, match="frames"):
         write_synthetic_kitti(tmp_path / "new", 0, progress=False)
     with pytest.raises(ValueError, match="val_fraction"):
@@ -263,6 +273,7 @@ def test_write_synthetic_kitti_refuses_foreign_folders(tmp_path):
         generate_scene(-1)
 
 
+@pytest.mark.slow  # starting spawn workers imports torch in each (~5 s)
 def test_write_synthetic_kitti_workers_same_bytes(tmp_path):
     write_synthetic_kitti(tmp_path / "one", 2, seed=9, progress=False)
     write_synthetic_kitti(tmp_path / "two", 2, seed=9, progress=False, workers=2)
