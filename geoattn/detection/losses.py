@@ -22,13 +22,12 @@ import torch
 from torch import Tensor
 
 from geoattn.detection.targets import (CenterTargets, _check_geometry, _section, decode_boxes, gather_maps)
-from geoattn.sparse.boxes import boxes_iou3d
+from geoattn.sparse.boxes import boxes_iou3d_pairs
 
 __all__ = [
     "clamped_sigmoid",
     "focal_loss_centernet",
     "reg_l1_loss",
-    "paired_iou3d",
     "iou_branch_loss",
     "diou_3d",
     "diou_loss",
@@ -82,25 +81,6 @@ def reg_l1_loss(pred: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     return diff.sum(dim=(0, 1)) / num.clamp(min=1)
 
 
-def paired_iou3d(boxes_a: Tensor, boxes_b: Tensor, chunk_size: int = 128) -> Tensor:
-    """Rotated 3-D IoU ``[N]`` of matched pairs ``boxes_a[i]``, ``boxes_b[i]`` (``[N, 7]`` each).
-
-    Equal to ``boxes_iou3d(boxes_a, boxes_b).diagonal()`` but evaluated block-diagonally with
-    :func:`geoattn.sparse.boxes.boxes_iou3d` on ``chunk_size`` pairs at a time, so the work is
-    ``N * chunk_size`` pairs rather than ``N^2``. Not differentiable in a useful way (a target).
-    """
-    if boxes_a.shape != boxes_b.shape:
-        raise ValueError(f"boxes_b: expected the shape of boxes_a {tuple(boxes_a.shape)}, "
-                         f"got {tuple(boxes_b.shape)}")
-    parts = []
-    for start in range(0, boxes_a.shape[0], chunk_size):
-        block = boxes_iou3d(boxes_a[start:start + chunk_size], boxes_b[start:start + chunk_size])
-        parts.append(block.diagonal())
-    if not parts:
-        return boxes_a.new_zeros(0)
-    return torch.cat(parts)
-
-
 _UNIT_BOX = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0)
 
 
@@ -113,12 +93,13 @@ def iou_branch_loss(iou_pred: Tensor, box_pred: Tensor, gt_boxes: Tensor, mask: 
     """IoU-branch L1: ``sum mask |iou_pred - (2 IoU(box_pred, gt) - 1)| / max(sum mask, 1e-4)``.
 
     ``iou_pred [B, N]``, ``box_pred [B, N, 7]`` (detached here), ``gt_boxes [B, N, 7]``, ``mask [B, N]``
-    (``calculate_iou_loss_centerhead``; IoU from :func:`paired_iou3d`).
+    (``calculate_iou_loss_centerhead``; IoU from :func:`geoattn.sparse.boxes.boxes_iou3d_pairs`, the
+    matched pairs only).
     """
     batch, num = mask.shape
     box_pred = _fill_unmasked(box_pred.detach(), mask).reshape(-1, 7)
     gt = _fill_unmasked(gt_boxes.to(box_pred.dtype), mask).reshape(-1, 7)
-    target = 2 * paired_iou3d(box_pred, gt).reshape(batch, num) - 1
+    target = 2 * boxes_iou3d_pairs(box_pred, gt).reshape(batch, num) - 1
     diff = torch.where(mask, (iou_pred - target.to(iou_pred.dtype)).abs(), torch.zeros_like(iou_pred))
     return diff.sum() / mask.to(iou_pred.dtype).sum().clamp(min=1e-4)
 

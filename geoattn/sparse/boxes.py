@@ -23,6 +23,7 @@ __all__ = [
     "boxes_intersection_bev",
     "boxes_iou_bev",
     "boxes_iou3d",
+    "boxes_iou3d_pairs",
     "limit_angle",
 ]
 
@@ -146,9 +147,16 @@ def _bev_intersection_area(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     and the shoelace formula gives the area. Fully vectorised over all pairs.
     """
     num_a, num_b = boxes_a.shape[0], boxes_b.shape[0]
-    eps = 1e-12 if boxes_a.dtype == torch.float64 else 1e-6
     poly_a = _bev_corners(boxes_a)[:, None].expand(num_a, num_b, 4, 2)
     poly_b = _bev_corners(boxes_b)[None, :].expand(num_a, num_b, 4, 2)
+    return _quad_intersection_area(poly_a, poly_b)
+
+
+def _quad_intersection_area(poly_a: Tensor, poly_b: Tensor) -> Tensor:
+    """Area ``[A, B]`` of the intersection of counter-clockwise quadrilaterals ``poly_a[i, j]`` and
+    ``poly_b[i, j]`` (both ``[A, B, 4, 2]``); the shared body of the all-pairs and the paired IoU."""
+    num_a, num_b = poly_a.shape[0], poly_a.shape[1]
+    eps = 1e-12 if poly_a.dtype == torch.float64 else 1e-6
     a_in_b = _inside_convex(poly_a, poly_b, eps)  # [A, B, 4]
     b_in_a = _inside_convex(poly_b, poly_a, eps)
     # Edge i of a against edge j of b: p + t r = q + u s with t, u in [0, 1].
@@ -175,7 +183,7 @@ def _bev_intersection_area(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     ordered = torch.gather(candidates, 2, angle.argsort(dim=2)[..., None].expand(-1, -1, -1, 2))
     # Invalid slots (sorted last) repeat the last valid vertex: they add zero to the shoelace sum, and the
     # wrap-around term from slot 23 to slot 0 closes the polygon.
-    slot = torch.arange(24, device=boxes_a.device)[None, None, :]
+    slot = torch.arange(24, device=poly_a.device)[None, None, :]
     slot = torch.minimum(slot, (count - 1).clamp(min=0)[..., None])
     ordered = torch.gather(ordered, 2, slot[..., None].expand(-1, -1, -1, 2))
     following = torch.roll(ordered, -1, dims=2)
@@ -225,3 +233,22 @@ def boxes_iou3d(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     vol_a = boxes_a[:, 3:6].prod(dim=1)[:, None]
     vol_b = boxes_b[:, 3:6].prod(dim=1)[None, :]
     return _intersection_over_union(inter, vol_a, vol_b)
+
+
+def boxes_iou3d_pairs(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    """Rotated 3D IoU ``[N]`` of matched pairs ``(boxes_a[i], boxes_b[i])``, boxes ``[N, 7]`` each.
+
+    The diagonal of :func:`boxes_iou3d` computed for the ``N`` pairs only (``O(N)``, not ``O(N^2)``), as
+    OpenPCDet's ``boxes_aligned_iou3d_gpu``; used for IoU targets of matched predictions.
+    """
+    check_boxes(boxes_a, "boxes_a")
+    check_boxes(boxes_b, "boxes_b")
+    if boxes_a.shape[0] != boxes_b.shape[0]:
+        raise ValueError(f"boxes_b: expected as many boxes as boxes_a ({boxes_a.shape[0]}), got {boxes_b.shape[0]}")
+    if boxes_a.shape[0] == 0:
+        return boxes_a.new_zeros(0)
+    inter_bev = _quad_intersection_area(_bev_corners(boxes_a)[:, None], _bev_corners(boxes_b)[:, None])[:, 0]
+    top = torch.minimum(boxes_a[:, 2] + boxes_a[:, 5] / 2, boxes_b[:, 2] + boxes_b[:, 5] / 2)
+    bottom = torch.maximum(boxes_a[:, 2] - boxes_a[:, 5] / 2, boxes_b[:, 2] - boxes_b[:, 5] / 2)
+    inter = inter_bev * (top - bottom).clamp(min=0)
+    return _intersection_over_union(inter, boxes_a[:, 3:6].prod(dim=1), boxes_b[:, 3:6].prod(dim=1))

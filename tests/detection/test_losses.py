@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from geoattn.detection.losses import (CenterHeadLoss, center_head_loss, clamped_sigmoid, diou_3d, diou_loss,
-                                      focal_loss_centernet, iou_branch_loss, paired_iou3d, reg_l1_loss)
+                                      focal_loss_centernet, iou_branch_loss, reg_l1_loss)
 from geoattn.detection.targets import assign_center_targets, decode_boxes, gather_maps
-from geoattn.sparse.boxes import boxes_iou3d
+from geoattn.sparse.boxes import boxes_iou3d, boxes_iou3d_pairs
 
 VOXEL = (0.32, 0.32, 0.1)
 RANGE = (0.0, -2.56, -3.0, 5.12, 2.56, 1.0)
@@ -76,11 +76,13 @@ def random_boxes(n, seed):
 def test_paired_iou_is_the_diagonal():
     a, b = random_boxes(37, 3), random_boxes(37, 4)
     b[:10] = a[:10] + 0.1  # some overlapping pairs
+    b[10] = a[10]  # identical
     full = boxes_iou3d(a, b).diagonal()
-    for chunk in (1, 8, 128):
-        torch.testing.assert_close(paired_iou3d(a, b, chunk_size=chunk), full, rtol=0, atol=0)
-    assert (full[:10] > 0).all()
-    assert paired_iou3d(a[:0], b[:0]).shape == (0,)
+    torch.testing.assert_close(boxes_iou3d_pairs(a, b), full, rtol=0, atol=1e-13)
+    assert (full[:10] > 0).all() and boxes_iou3d_pairs(a, b)[10].item() == pytest.approx(1.0)
+    assert boxes_iou3d_pairs(a[:0], b[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="boxes_b"):
+        boxes_iou3d_pairs(a, b[:3])
 
 
 def test_iou_branch_loss_value():

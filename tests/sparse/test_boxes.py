@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoattn.sparse.boxes import (box_corners, boxes_intersection_bev, boxes_iou3d, boxes_iou_bev, limit_angle,
-                                  points_in_boxes, points_in_boxes_pairs, points_to_box_frame)
+from geoattn.sparse.boxes import (box_corners, boxes_intersection_bev, boxes_iou3d, boxes_iou3d_pairs,
+                                  boxes_iou_bev, limit_angle, points_in_boxes, points_in_boxes_pairs, points_to_box_frame)
 
 
 def _random_boxes(num, generator, spread=2.0):
@@ -124,3 +124,13 @@ def test_bad_arguments():
         points_in_boxes(torch.zeros(3), torch.zeros(1, 7))
     with pytest.raises(ValueError, match="point_batch"):
         points_in_boxes_pairs(torch.zeros(3, 3), torch.zeros(1, 7), point_batch=torch.zeros(3, dtype=torch.long))
+
+
+def test_iou3d_pairs_is_the_diagonal():
+    gen = torch.Generator().manual_seed(7)
+    a = torch.cat([torch.rand(25, 3, generator=gen) * 3, torch.rand(25, 3, generator=gen) + 0.5,
+                   torch.rand(25, 1, generator=gen) * 6 - 3], dim=1).double()
+    b = a + 0.3 * torch.randn(25, 7, generator=gen).double()
+    b[:, 3:6] = b[:, 3:6].abs() + 0.1
+    torch.testing.assert_close(boxes_iou3d_pairs(a, b), boxes_iou3d(a, b).diagonal(), rtol=0, atol=1e-13)
+    assert boxes_iou3d_pairs(a[:0], b[:0]).shape == (0,)
