@@ -577,7 +577,8 @@ def random_layout(rng: np.random.Generator) -> SceneLayout:
         return bool((boxes_iou_bev(candidate, torch.from_numpy(others[near])) <= 0).all())
 
     # labelled objects
-    counts = {"Car": int(rng.integers(3, 14)), "Pedestrian": int(rng.integers(1, 10)), "Cyclist": int(rng.integers(0, 4))}
+    counts = {"Car": int(rng.integers(3, 14)), "Pedestrian": int(rng.integers(1, 10)),
+              "Cyclist": int(rng.integers(0, 4))}
     order = [name for name in CLASS_NAMES for _ in range(counts[name])]
     rng.shuffle(order)
     for name in order:
@@ -660,10 +661,12 @@ def random_layout(rng: np.random.Generator) -> SceneLayout:
         # the crown starts above 2 m, over the heads of pedestrians and cyclists and the roofs of cars
         trunk_r, trunk_h = float(rng.uniform(0.1, 0.25)), float(rng.uniform(2.4, 4.0))
         z0 = ground_z(*spot)
-        layout.background.append(_part("cylinder", (spot[0], spot[1], z0 + trunk_h / 2), (trunk_r, trunk_r, trunk_h / 2),
+        layout.background.append(_part("cylinder", (spot[0], spot[1], z0 + trunk_h / 2),
+                                       (trunk_r, trunk_r, trunk_h / 2),
                                        reflectance=0.35, colour=(0.35, 0.25, 0.15)))
         layout.background.append(_part("ellipsoid", (spot[0], spot[1], z0 + trunk_h + crown[2] * 0.85), crown,
-                                       _rot_z(float(rng.uniform(0, math.pi))), reflectance=float(rng.uniform(0.25, 0.5)),
+                                       _rot_z(float(rng.uniform(0, math.pi))),
+                                       reflectance=float(rng.uniform(0.25, 0.5)),
                                        colour=(0.15, float(rng.uniform(0.35, 0.55)), 0.12), **foliage))
     for _ in range(int(rng.integers(2, 12))):
         semi = rng.uniform([0.4, 0.4, 0.3], [1.3, 1.3, 0.8])
@@ -928,7 +931,8 @@ def _labels(layout: SceneLayout, calib: KittiCalibration, visible: np.ndarray, s
     dontcare = labelled & ((depth > MAX_LABEL_DEPTH) | (points < MIN_POINTS))
     named = np.nonzero(labelled & ~dontcare)[0]
     ignored = np.nonzero(dontcare)[0]
-    alpha = limit_angle(torch.from_numpy(boxes_camera[:, 6] - np.arctan2(boxes_camera[:, 0], boxes_camera[:, 2]))).numpy()
+    ray_angle = np.arctan2(boxes_camera[:, 0], boxes_camera[:, 2])
+    alpha = limit_angle(torch.from_numpy(boxes_camera[:, 6] - ray_angle)).numpy()
     rows = np.concatenate([named, ignored])
     names = [layout.objects[k].name for k in named] + ["DontCare"] * len(ignored)
     dc = np.zeros(len(rows), dtype=bool)
@@ -1033,7 +1037,8 @@ def render_layout(layout: SceneLayout, seed: int = 0, sensor: SensorModel = HDL6
     return SyntheticFrame(
         points=torch.from_numpy(points), labels=labels, calib=calib, image=torch.from_numpy(image),
         boxes_lidar=torch.from_numpy(np.ascontiguousarray(boxes_named, dtype=np.float64)),
-        point_object=torch.from_numpy(point_owner.astype(np.int64)), label_object=torch.from_numpy(rows.astype(np.int64)),
+        point_object=torch.from_numpy(point_owner.astype(np.int64)),
+        label_object=torch.from_numpy(rows.astype(np.int64)),
         visible_fraction=torch.from_numpy(visible / np.maximum(cast.self_hits, 1)), layout=layout, seed=int(seed))
 
 
@@ -1145,8 +1150,9 @@ def write_synthetic_kitti(out_dir, frames: int, seed: int = 0, val_fraction: flo
     same arguments is left as it is (files derived from it, such as a GT database, stay valid), one with other
     arguments is regenerated when it holds nothing but generated files (stale frames are removed, and so are
     a GT database and infos pickles made from the old frames: ``kitti_dbinfos_*.pkl``, ``kitti_infos_*.pkl``,
-    ``gt_database/<frame>_<class>_<k>.bin``), and any other folder raises ``FileExistsError`` (a user's files are never overwritten). ``workers > 1`` generates
-    frames in that many processes (same bytes: every frame depends on its own seed only).
+    ``gt_database/<frame>_<class>_<k>.bin``), and any other folder raises ``FileExistsError`` (a user's files
+    are never overwritten). ``workers > 1`` generates frames in that many processes (same bytes: every frame
+    depends on its own seed only).
 
     Returns a summary: ``{"out_dir", "frames", "train", "val", "seconds", "points_per_frame",
     "objects": {class: count}, "dontcare", "skipped"}``.
