@@ -347,6 +347,8 @@ def _first_pass(layout, overlap, det_ign, score, gt_ign, min_overlap):
     d_score = np.where(pad, -np.inf, score[np.maximum(det, 0)])
     free = (~pad) & (d_score > _NO_DETECTION)
     tp_scores = []
+    if det.shape[1] == 0:
+        return np.zeros(0)
     for g in range(g_idx.shape[1]):
         k = int(layout.alive[g])
         candidate = free[:k] & (overlap[:k, :, g] > min_overlap)
@@ -373,6 +375,9 @@ def _second_pass(layout, overlap, det_ign, score, gt_ign, min_overlap, threshold
     free = (d_score[None] >= thresholds[:, None, None]) & (~pad)[None]  # [T, F, D]
     num_t = thresholds.shape[0]
     out = np.zeros((num_t, 4))
+    if det.shape[1] == 0:  # no detections in these frames: only false negatives (unused by AP)
+        out[:, 2] = (gt_ign[g_idx[g_idx >= 0]] == 0).sum()
+        return out
     d_alpha = dt_alpha[safe] if compute_aos else None
     for g in range(g_idx.shape[1]):
         k = int(layout.alive[g])
