@@ -160,6 +160,11 @@ def test_thresholds_are_strict():
     above = [labels([car(bbox=(0, 0, 71, 100))], [0.9])]
     assert evaluate_kitti(gts, exact, ("Car",))["Car_image/easy_R11"] == 0.0
     assert evaluate_kitti(gts, above, ("Car",))["Car_image/easy_R11"] == pytest.approx(100 / 11)
+    # the precision pass is strict too: a detection at exactly 0.7 stays a FP (and its GT a FN) once another
+    # TP has set the threshold 0.5 -> precision 1/2
+    gts = [labels([car(bbox=(0, 0, 100, 100)), car(x=8.0, bbox=(300, 0, 400, 100))])]
+    dts = [labels([car(bbox=(0, 0, 70, 100)), car(x=8.0, bbox=(300, 0, 400, 100))], [0.9, 0.5])]
+    assert evaluate_kitti(gts, dts, ("Car",))["Car_image/easy_R11"] == pytest.approx(50 / 11)
     # Pedestrian uses 0.5: IoU exactly 0.5 fails, 0.51 passes
     ped = lambda x2: ("Pedestrian", 0.0, 0, 0.0, 0, 0, x2, 100, 0.0, 1.7, 10.0, 0.8, 1.7, 0.6, 0.0)  # noqa: E731
     assert evaluate_kitti([labels([ped(100)])], [labels([ped(50)], [0.5])], ("Pedestrian",))[
