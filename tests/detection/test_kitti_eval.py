@@ -108,7 +108,7 @@ def test_neighbouring_classes_are_not_false_positives():
     gts = [labels([car(), van])]
     dts = [labels([det_on_van, car()], [0.9, 0.5])]
     assert evaluate_kitti(gts, dts, ("Car",))["Car_3d/easy_R11"] == pytest.approx(100 / 11)
-    truck = van[:1] and ("Truck",) + van[1:]
+    truck = ("Truck",) + van[1:]
     gts = [labels([car(), truck])]
     assert evaluate_kitti(gts, dts, ("Car",))["Car_3d/easy_R11"] == pytest.approx(50 / 11)
     # Person_sitting for Pedestrian
@@ -412,8 +412,10 @@ def ref_statistics(overlap, gt, dt, ignored_gt, ignored_dt, dontcare, metric, mi
     return tp, fp, fn, similarity, scores
 
 
-def ref_evaluate(gt_annos, dt_annos, classes):
-    main = {"Car": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5}
+def ref_evaluate(gt_annos, dt_annos, classes, loose=False):
+    main = {"Car": (0.7, 0.7, 0.7), "Pedestrian": (0.5, 0.5, 0.5), "Cyclist": (0.5, 0.5, 0.5)}
+    if loose:
+        main = {"Car": (0.7, 0.5, 0.5), "Pedestrian": (0.5, 0.25, 0.25), "Cyclist": (0.5, 0.25, 0.25)}
     as_dicts = lambda anno, det: [  # noqa: E731
         {"name": anno.names[i], "trunc": float(anno.truncated[i]), "occ": int(anno.occluded[i]),
          "alpha": float(anno.alpha[i]), "bbox": anno.bbox[i].tolist(), "box": anno.boxes_camera[i].tolist(),
@@ -432,7 +434,7 @@ def ref_evaluate(gt_annos, dt_annos, classes):
                 scores = []
                 for f, (gt, dt) in enumerate(zip(gts, dts)):
                     scores += ref_statistics(overlaps[f], gt, dt, cleaned[f][1], cleaned[f][2], cleaned[f][3],
-                                             metric, main[cls], 0.0, False, False)[4]
+                                             metric, main[cls][metric], 0.0, False, False)[4]
                 thresholds = ref_thresholds(scores, num_valid)
                 aos_on = compute_aos and metric == 0
                 precision, aos = [0.0] * 41, [0.0] * 41
@@ -440,7 +442,7 @@ def ref_evaluate(gt_annos, dt_annos, classes):
                     tp = fp = sim = 0
                     for f, (gt, dt) in enumerate(zip(gts, dts)):
                         a, b, _, s, _ = ref_statistics(overlaps[f], gt, dt, cleaned[f][1], cleaned[f][2],
-                                                       cleaned[f][3], metric, main[cls], thresh, True, aos_on)
+                                                       cleaned[f][3], metric, main[cls][metric], thresh, True, aos_on)
                         tp, fp, sim = tp + a, fp + b, sim + s
                     precision[t] = tp / (tp + fp)
                     aos[t] = sim / (tp + fp)
@@ -644,3 +646,15 @@ def test_speed_3769_frames():
     elapsed = time.perf_counter() - start
     print(f"KITTI metric, 3769 frames: {elapsed:.1f} s")
     assert elapsed < 60
+
+
+def test_loose_threshold_set():
+    gts, dts = random_frames(40, 5, num_gt=8, num_dt=12)
+    main = evaluate_kitti(gts, dts, ("Car", "Pedestrian"))
+    both = evaluate_kitti(gts, dts, ("Car", "Pedestrian"), loose=True)
+    assert {k: v for k, v in both.items() if "_loose" not in k} == main
+    # Car keeps 0.7 for bbox in the loose set; Pedestrian's BEV drops to 0.25 (more matches, here a higher AP)
+    assert both["Car_image_loose/moderate_R40"] == main["Car_image/moderate_R40"]
+    slow = ref_evaluate(gts, dts, ("Car", "Pedestrian"), loose=True)
+    for key, value in slow.items():
+        assert both[key.replace("/", "_loose/")] == pytest.approx(value, abs=1e-6)
