@@ -222,10 +222,12 @@ def _overlaps(gt: _Flat, dt: _Flat, pairs: _Pairs, gt_used: np.ndarray) -> list[
     """
     bbox = _image_overlap(dt.bbox[pairs.det], gt.bbox[pairs.gt], -1)
     bev, d3 = np.zeros_like(bbox), np.zeros_like(bbox)
-    db, gb = dt.boxes[pairs.det], gt.boxes[pairs.gt]
-    distance = np.hypot(db[:, 0] - gb[:, 0], db[:, 2] - gb[:, 2])
-    reach = 0.5 * (np.hypot(db[:, 3], db[:, 5]) + np.hypot(gb[:, 3], gb[:, 5]))
+    dt_radius = 0.5 * np.hypot(dt.boxes[:, 3], dt.boxes[:, 5])
+    gt_radius = 0.5 * np.hypot(gt.boxes[:, 3], gt.boxes[:, 5])
+    distance = np.hypot(dt.boxes[pairs.det, 0] - gt.boxes[pairs.gt, 0], dt.boxes[pairs.det, 2] - gt.boxes[pairs.gt, 2])
+    reach = dt_radius[pairs.det] + gt_radius[pairs.gt]
     candidate = np.nonzero((distance <= reach * (1 + 1e-9) + 1e-9) & gt_used[pairs.gt])[0]
+    del distance, reach
     if candidate.size == 0:
         return [bbox, bev, d3]
     gt_boxes, dt_boxes = torch.from_numpy(gt.boxes), torch.from_numpy(dt.boxes)
