@@ -18,8 +18,9 @@ loss, learning rate, metrics), and after the final evaluation ``predictions/<fra
 with scores) or ``predictions_waymo.pt``. ``--max-minutes`` stops training cleanly after the budget while the
 learning-rate schedule stays the one planned for ``--epochs`` full epochs. GT sampling (when the config has
 it) is switched off for the last ``NUM_EPOCHS_NO_GT_SAMPLING`` epochs; a missing KITTI GT database is built
-first. Under ``torchrun`` the processes use gloo on CPU and NCCL on CUDA, BatchNorm becomes SyncBatchNorm and
-each process reads its shard of every epoch; AMP (float16 autocast + GradScaler) is used on CUDA only.
+first. Under ``torchrun`` the processes use gloo on CPU and NCCL on CUDA, each process reads its shard of every
+epoch, and on CUDA BatchNorm becomes SyncBatchNorm (torch's SyncBatchNorm has no CPU kernel, so CPU processes
+keep per-process batch statistics; DDP broadcasts rank 0's running statistics every step); AMP (float16 autocast + GradScaler) is used on CUDA only.
 """
 from __future__ import annotations
 
@@ -297,7 +298,7 @@ def run(args, device: torch.device, rank: int, world: int, verbose: bool) -> int
 
     # ---- model, optimiser ------------------------------------------------------------------------------
     model = build_detector_from_config(config)
-    if world > 1:
+    if world > 1 and device.type == "cuda":  # torch's SyncBatchNorm runs on CUDA only; gloo/CPU keeps per-process BN
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], optimization, total_iterations)
@@ -317,7 +318,7 @@ def run(args, device: torch.device, rank: int, world: int, verbose: bool) -> int
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     criterion = DetectionCriterion(config)
     grad_clip = float(optimization.get("GRAD_NORM_CLIP", 0) or 0)
 
