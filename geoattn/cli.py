@@ -34,6 +34,29 @@ def _cmd_evaluate_3dmatch(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
 
 
+def _detection_command(name: str):
+    """A sub-command handler that calls ``geoattn.detection.commands.run_<name>`` and reports user errors."""
+
+    def run(args: argparse.Namespace) -> int:
+        from geoattn.detection import commands
+
+        try:
+            return getattr(commands, f"run_{name}")(args)
+        except (OSError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+
+    return run
+
+
+_DETECTION_COMMANDS = (
+    ("detect", "detect", "3-D boxes in one LiDAR frame (KITTI labels out, bird's-eye picture)"),
+    ("evaluate-kitti", "evaluate_kitti", "KITTI 2-D / BEV / 3-D / AOS average precision of a prediction folder"),
+    ("evaluate-waymo", "evaluate_waymo", "Waymo mAP / mAPH at LEVEL_1 and LEVEL_2 of a result pickle"),
+    ("synthetic-kitti", "synthetic_kitti", "write synthetic LiDAR scenes in the KITTI layout"),
+    ("create-gt-database", "create_gt_database", "cut every labelled object out of a KITTI split for GT sampling"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geoattn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate-3dmatch", help="IR / FMR / RR on a 3DMatch or 3DLoMatch benchmark")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate_3dmatch)
+    from geoattn.detection import commands as detection_commands
+
+    for command, name, description in _DETECTION_COMMANDS:
+        parser_ = sub.add_parser(command, help=description)
+        getattr(detection_commands, f"add_{name}_arguments")(parser_)
+        parser_.set_defaults(func=_detection_command(name))
     return parser
 
 

@@ -434,11 +434,19 @@ def load_info_pickle(path) -> dict | list:
     """Read an mmdetection3d info pickle (or calib pickle) without importing mmdet3d.
 
     Only dicts/lists/tuples, numbers, strings and numpy arrays/scalars are accepted; any other class in the
-    pickle raises ``pickle.UnpicklingError`` instead of running its code.
+    pickle raises :class:`InfoPickleError` (a ``ValueError`` and a ``pickle.UnpicklingError``) naming the file
+    instead of running its code, and so does a file that is not a pickle at all or is cut short.
     """
     path = _as_path(path, "path")
     with open(path, "rb") as handle:
-        return _InfoUnpickler(handle).load()
+        try:
+            return _InfoUnpickler(handle).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
+            raise InfoPickleError(f"{path}: not a readable info pickle ({error})") from None
+
+
+class InfoPickleError(ValueError, pickle.UnpicklingError):
+    """An info pickle that is refused (a class outside the allow-list) or cannot be parsed."""
 
 
 @dataclass
