@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoattn.sparse.boxes import (box_corners, boxes_intersection_bev, boxes_iou3d, boxes_iou3d_pairs,
-                                  boxes_iou_bev, limit_angle, points_in_boxes, points_in_boxes_pairs, points_to_box_frame)
+                                  boxes_iou_bev, limit_angle, points_in_boxes, points_in_boxes_pairs,
+                                  points_to_box_frame)
 
 
 def _random_boxes(num, generator, spread=2.0):
