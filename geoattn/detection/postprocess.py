@@ -48,7 +48,7 @@ def _multiclass_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold
                               post_max_size=post_max_size)
 
 
-def _per_class(value: Any, num_classes: int, name: str, kind: type) -> tuple:
+def _per_class(value: Any, num_classes: int, name: str) -> tuple:
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
         return (value,) * num_classes
     if isinstance(value, Tensor):
@@ -108,12 +108,12 @@ def decode_center_head(outputs: Mapping[str, Tensor], voxel_size: Sequence[float
         raise ValueError(f"max_obj_per_sample: expected a positive int, got {max_obj_per_sample!r}")
     if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)):
         raise ValueError(f"score_threshold: expected a number, got {score_threshold!r}")
-    thresholds = tuple(float(t) for t in _per_class(nms_thresholds, num_classes, "nms_thresholds", float))
-    pre = _per_class(nms_pre_max_size, num_classes, "nms_pre_max_size", int)
-    post = _per_class(nms_post_max_size, num_classes, "nms_post_max_size", int)
+    thresholds = tuple(float(t) for t in _per_class(nms_thresholds, num_classes, "nms_thresholds"))
+    pre = _per_class(nms_pre_max_size, num_classes, "nms_pre_max_size")
+    post = _per_class(nms_post_max_size, num_classes, "nms_post_max_size")
     rectify = iou_rectifier is not None and "iou" in outputs
     if rectify:
-        alpha = _per_class(iou_rectifier, num_classes, "iou_rectifier", float)
+        alpha = _per_class(iou_rectifier, num_classes, "iou_rectifier")
         if not all(a is not None and 0.0 <= float(a) <= 1.0 for a in alpha):
             raise ValueError(f"iou_rectifier: expected values in [0, 1], got {iou_rectifier!r}")
 
