@@ -6,7 +6,7 @@ Names are imported lazily (PEP 562) so that the command line can build its parse
 """
 from __future__ import annotations
 
-import importlib
+from geoattn._exports import lazy_exports
 
 _EXPORTS = {
     "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "read_point_cloud", "write_transform"],
@@ -24,18 +24,4 @@ _EXPORTS = {
     "render": ["render_alignment"],
     "evaluation": ["evaluate_3dmatch"],
 }
-_OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_OWNER)
-
-
-def __getattr__(name: str):
-    module = _OWNER.get(name)
-    if module is None:
-        raise AttributeError(f"module 'geoattn.registration' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"geoattn.registration.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
