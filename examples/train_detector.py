@@ -42,7 +42,7 @@ from geoattn.detection.optim import build_optimizer
 from geoattn.detection.postprocess import CenterHeadPostProcessor
 from geoattn.detection.training import (DEFAULT_CHECKPOINT, DetectionCriterion, EpochSampler,
                                         build_detector_from_config, checkpoint_state, distributed_info,
-                                        evaluate_predictions, gather_objects, kitti_annotations, load_detector,
+                                        evaluate_predictions, export_detector, gather_objects, kitti_annotations, load_detector,
                                         predict, train_one_epoch, unwrap, write_kitti_predictions)
 from geoattn.detection.config import point_cloud_range, voxel_size
 from geoattn.io import load_checkpoint, save_checkpoint
@@ -75,6 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-only", action="store_true", help="score --checkpoint on --data-root and exit")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help=f"checkpoint for --eval-only (default: the shipped {DEFAULT_CHECKPOINT.name})")
+    parser.add_argument("--export", type=Path, default=None,
+                        help="with --eval-only: first write a compact float16 copy of --checkpoint (weights + config, "
+                             "no optimiser) here, then score that copy")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--json", action="store_true", help="print the final result as one JSON line (rank 0)")
     return parser.parse_args(argv)
@@ -221,6 +224,11 @@ def run(args, device: torch.device, rank: int, world: int, verbose: bool) -> int
         if not checkpoint.is_file():
             return fail(f"--checkpoint: no such file {checkpoint}")
         try:
+            if args.export is not None:
+                if rank == 0:
+                    export_detector(checkpoint, args.export)
+                barrier()
+                checkpoint = args.export
             wanted = load_config(args.config) if args.config else None
             model, config, _ = load_detector(checkpoint, wanted, map_location="cpu")
         except (FileNotFoundError, ValueError) as error:

@@ -36,7 +36,7 @@ from geoattn.io import load_checkpoint
 
 __all__ = ["DEFAULT_CHECKPOINT", "build_detector_from_config", "load_detector", "DetectionCriterion",
            "EpochSampler", "train_one_epoch", "predict", "kitti_annotations", "evaluate_predictions",
-           "write_kitti_predictions", "checkpoint_state", "unwrap", "distributed_info", "gather_objects"]
+           "write_kitti_predictions", "checkpoint_state", "export_detector", "unwrap", "distributed_info", "gather_objects"]
 
 #: The checkpoint shipped with the package (KITTI config trained on synthetic scenes), when present.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "kitti_scatterformer_synthetic.pt"
@@ -417,3 +417,22 @@ def checkpoint_state(model: nn.Module, optimizer=None, scaler=None, *, epoch: in
         state["scaler"] = scaler.state_dict()
     state.update(extra)
     return state
+
+
+def export_detector(checkpoint: str | os.PathLike, path: str | os.PathLike, half: bool = True) -> Path:
+    """A compact copy of a training checkpoint for inference (``geoattn detect``, ``--eval-only``): the model
+    weights (floating tensors in float16 when ``half``; :func:`load_detector` casts them back to the model's
+    float32 on load), the config and the run's bookkeeping, without the optimiser. Written atomically; refuses to
+    overwrite ``checkpoint`` itself."""
+    from geoattn.io import save_checkpoint
+
+    if Path(path).resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"--export {path}: refusing to overwrite the checkpoint being exported")
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{checkpoint}: not a detector checkpoint (expected 'model' and 'config' entries)")
+    weights = {key: value.half() if half and value.is_floating_point() else value
+               for key, value in state["model"].items()}
+    keep = {key: state[key] for key in ("epoch", "iteration", "planned_iterations", "seed", "data", "elapsed",
+                                        "world_size", "geoattn_version") if key in state}
+    return save_checkpoint(path, {"model": weights, **keep, "exported_from": str(checkpoint)}, state["config"])

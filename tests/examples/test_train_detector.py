@@ -89,6 +89,22 @@ def test_eval_only(trained, capsys):
     assert "trained with another model config" in capsys.readouterr().err
 
 
+def test_export_is_a_compact_float16_copy_that_scores_alike(trained, tmp_path, capsys):
+    example, out = trained["example"], trained["out"]
+    exported = tmp_path / "detector.pt"
+    args = ["--eval-only", "--checkpoint", str(out / "checkpoint.pt"), "--data-root", str(out / "synthetic"),
+            "--export", str(exported), "--json"]
+    assert example.main(args) == 0
+    metrics = last_json(capsys.readouterr().out)
+    state = load_checkpoint(exported)
+    assert "optimizer" not in state and state["config"] == load_checkpoint(out / "checkpoint.pt")["config"]
+    assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
+    assert exported.stat().st_size < (out / "checkpoint.pt").stat().st_size / 2
+    assert set(metrics) == set(trained["result"]["metrics"])
+    # exporting onto the checkpoint itself is refused
+    assert example.main(args[:-3] + ["--export", str(out / "checkpoint.pt")]) == 2
+
+
 def test_errors(tmp_path, capsys):
     example = load_example("train_detector")
     assert example.main(["--out", str(tmp_path)]) == 2
