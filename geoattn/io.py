@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "current_umask", "save_checkpoint", "load_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "current_umask", "save_checkpoint", "load_checkpoint"]
 
 
 def current_umask() -> int:
@@ -70,6 +70,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
             pass
         raise
     return path
+
+
+def atomic_write_figure(path: str | os.PathLike, figure, dpi: float | None = None) -> Path:
+    """Render a matplotlib ``figure`` to PNG in memory and write it with :func:`atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from geoattn.io import atomic_write_bytes, atomic_write_text
+from geoattn.io import atomic_write_figure, atomic_write_text
 
 __all__ = ["TrainingLog", "read_csv_log", "plot_training_curve"]
 
@@ -117,9 +117,7 @@ def plot_training_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLi
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_figure(path, figure)
 
 
 class TrainingLog:

@@ -40,7 +40,7 @@ WORLD_AUGMENTATIONS = ("random_world_flip", "random_world_rotation", "random_wor
                        "random_world_translation")
 
 
-def _get(cfg: Mapping, key: str, default=None):
+def config_get(cfg: Mapping, key: str, default=None):
     """Config lookup that accepts OpenPCDet's upper-case keys and lower-case ones."""
     if key in cfg:
         return cfg[key]
@@ -158,10 +158,10 @@ class GTDatabaseSampler:
     def from_config(cls, cfg: Mapping, root, class_names: Sequence[str] | None = None,
                     where: str = "DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST[gt_sampling]") -> "GTDatabaseSampler":
         """Build from an OpenPCDet ``gt_sampling`` entry; ``DB_INFO_PATH`` entries are relative to ``root``."""
-        if _get(cfg, "USE_ROAD_PLANE", False):
+        if config_get(cfg, "USE_ROAD_PLANE", False):
             raise ValueError(f"{where}.USE_ROAD_PLANE: road-plane sampling is not supported (no planes/ reader); "
                              "set it to False")
-        paths = _get(cfg, "DB_INFO_PATH")
+        paths = config_get(cfg, "DB_INFO_PATH")
         if isinstance(paths, (str, Path)):
             paths = [paths]
         if not paths:
@@ -180,17 +180,17 @@ class GTDatabaseSampler:
             for name, entries in infos.items():
                 db_infos.setdefault(str(name), []).extend(entries)
             database_root = database_root or full.parent
-        prepare = _get(cfg, "PREPARE", {}) or {}
-        min_points = parse_class_counts(_get(prepare, "filter_by_min_points", []),
+        prepare = config_get(cfg, "PREPARE", {}) or {}
+        min_points = parse_class_counts(config_get(prepare, "filter_by_min_points", []),
                                         f"{where}.PREPARE.filter_by_min_points")
-        difficulty = _get(prepare, "filter_by_difficulty", []) or []
-        groups = parse_class_counts(_get(cfg, "SAMPLE_GROUPS", []), f"{where}.SAMPLE_GROUPS")
-        features = _get(cfg, "NUM_POINT_FEATURES")
+        difficulty = config_get(prepare, "filter_by_difficulty", []) or []
+        groups = parse_class_counts(config_get(cfg, "SAMPLE_GROUPS", []), f"{where}.SAMPLE_GROUPS")
+        features = config_get(cfg, "NUM_POINT_FEATURES")
         if not isinstance(features, int) or features < 3:
             raise ValueError(f"{where}.NUM_POINT_FEATURES: expected an int >= 3, got {features!r}")
         return cls(db_infos, database_root, groups, features, min_points=min_points,
-                   filter_by_difficulty=difficulty, remove_extra_width=_get(cfg, "REMOVE_EXTRA_WIDTH", (0.0, 0.0, 0.0)),
-                   limit_whole_scene=_get(cfg, "LIMIT_WHOLE_SCENE", True), class_names=class_names)
+                   filter_by_difficulty=difficulty, remove_extra_width=config_get(cfg, "REMOVE_EXTRA_WIDTH", (0.0, 0.0, 0.0)),
+                   limit_whole_scene=config_get(cfg, "LIMIT_WHOLE_SCENE", True), class_names=class_names)
 
     def _load_points(self, path: str) -> np.ndarray:
         full = self.database_root / path
@@ -300,10 +300,10 @@ class DataAugmentor:
         augmentor_cfg = augmentor_cfg or {}
         if not isinstance(augmentor_cfg, Mapping):
             raise ValueError(f"{where}: expected a mapping, got {type(augmentor_cfg).__name__}")
-        disabled = _get(augmentor_cfg, "DISABLE_AUG_LIST", []) or []
+        disabled = config_get(augmentor_cfg, "DISABLE_AUG_LIST", []) or []
         if isinstance(disabled, str):
             disabled = [disabled]
-        entries = _get(augmentor_cfg, "AUG_CONFIG_LIST", []) or []
+        entries = config_get(augmentor_cfg, "AUG_CONFIG_LIST", []) or []
         if not isinstance(entries, (list, tuple)):
             raise ValueError(f"{where}.AUG_CONFIG_LIST: expected a list, got {type(entries).__name__}")
         self.class_names = None if class_names is None else list(class_names)
@@ -321,22 +321,22 @@ class DataAugmentor:
                     raise ValueError(f"{here}: gt_sampling needs the dataset root (root=None)")
                 self.operations.append((name, GTDatabaseSampler.from_config(entry, root, class_names, where=here)))
             elif name == "random_world_flip":
-                axes = list(_get(entry, "ALONG_AXIS_LIST", ["x"]))
+                axes = list(config_get(entry, "ALONG_AXIS_LIST", ["x"]))
                 if any(axis not in ("x", "y") for axis in axes):
                     raise ValueError(f"{here}.ALONG_AXIS_LIST: expected axes among 'x', 'y', got {axes!r}")
                 self.operations.append((name, axes))
             elif name == "random_world_rotation":
-                self.operations.append((name, _range_pair(_get(entry, "WORLD_ROT_ANGLE"), f"{here}.WORLD_ROT_ANGLE",
+                self.operations.append((name, _range_pair(config_get(entry, "WORLD_ROT_ANGLE"), f"{here}.WORLD_ROT_ANGLE",
                                                           symmetric=True)))
             elif name == "random_world_scaling":
-                self.operations.append((name, _range_pair(_get(entry, "WORLD_SCALE_RANGE"),
+                self.operations.append((name, _range_pair(config_get(entry, "WORLD_SCALE_RANGE"),
                                                           f"{here}.WORLD_SCALE_RANGE", symmetric=False)))
             elif name == "random_world_translation":
-                std = _get(entry, "NOISE_TRANSLATE_STD", [0.0, 0.0, 0.0])
+                std = config_get(entry, "NOISE_TRANSLATE_STD", [0.0, 0.0, 0.0])
                 std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
                 if len(std) != 3 or any(not math.isfinite(v) or v < 0 for v in std):
                     raise ValueError(f"{here}.NOISE_TRANSLATE_STD: expected one or three non-negative stds, "
-                                     f"got {_get(entry, 'NOISE_TRANSLATE_STD')!r}")
+                                     f"got {config_get(entry, 'NOISE_TRANSLATE_STD')!r}")
                 self.operations.append((name, std))
             else:
                 raise ValueError(f"{here}.NAME: unsupported augmentation {name!r} (supported: gt_sampling, "

@@ -38,7 +38,7 @@ from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_camera_to_l
                                 read_label, read_velodyne)
 from geoattn.data.waymo import (DEFAULT_PROCESSED_TAG, load_waymo_split_infos, read_waymo_processed_points,
                                 waymo_info_annotations)
-from geoattn.detection.augmentation import DataAugmentor
+from geoattn.detection.augmentation import DataAugmentor, config_get
 from geoattn.sparse.boxes import limit_angle, points_in_boxes_pairs
 from geoattn.sparse.geometry import project_to_image
 
@@ -47,14 +47,6 @@ __all__ = ["DetectionDataset", "KittiDetectionDataset", "WaymoDetectionDataset",
 
 _IGNORED_PROCESSORS = ("transform_points_to_voxels", "transform_points_to_voxels_placeholder",
                        "calculate_grid_size", "sample_points")
-
-
-def _get(cfg: Mapping, key: str, default=None):
-    if key in cfg:
-        return cfg[key]
-    if key.lower() in cfg:
-        return cfg[key.lower()]
-    return default
 
 
 def class_indices(names: Sequence[str], class_names: Sequence[str]) -> torch.Tensor:
@@ -114,18 +106,18 @@ class DetectionDataset(Dataset):
         self.root = Path(root)
         self.training = bool(training)
         self.mode = "train" if self.training else "test"
-        splits = _get(data_cfg, "DATA_SPLIT", {}) or {}
+        splits = config_get(data_cfg, "DATA_SPLIT", {}) or {}
         self.split = str(splits.get(split, split)) if isinstance(splits, Mapping) else str(split)
         self.seed = seed
         self.epoch = 0
-        point_range = _get(data_cfg, "POINT_CLOUD_RANGE")
+        point_range = config_get(data_cfg, "POINT_CLOUD_RANGE")
         if not isinstance(point_range, (list, tuple)) or len(point_range) != 6:
             raise ValueError(f"DATA_CONFIG.POINT_CLOUD_RANGE: expected 6 numbers [x0, y0, z0, x1, y1, z1], "
                              f"got {point_range!r}")
         self.point_cloud_range = torch.tensor([float(v) for v in point_range], dtype=torch.float32)
         if not bool((self.point_cloud_range[3:] > self.point_cloud_range[:3]).all()):
             raise ValueError(f"DATA_CONFIG.POINT_CLOUD_RANGE: expected x1 > x0, y1 > y0, z1 > z0, got {point_range}")
-        encoding = _get(data_cfg, "POINT_FEATURE_ENCODING", {}) or {}
+        encoding = config_get(data_cfg, "POINT_FEATURE_ENCODING", {}) or {}
         self.src_feature_list = list(encoding.get("src_feature_list", self.default_src_features()))
         used = list(encoding.get("used_feature_list", self.src_feature_list))
         missing = [name for name in used if name not in self.src_feature_list]
@@ -135,24 +127,24 @@ class DetectionDataset(Dataset):
         self.used_feature_list = used
         self.used_feature_index = torch.tensor([self.src_feature_list.index(name) for name in used])
         self.mask_range, self.remove_outside_boxes, self.shuffle = True, True, False
-        processors = _get(data_cfg, "DATA_PROCESSOR", None)
+        processors = config_get(data_cfg, "DATA_PROCESSOR", None)
         if processors is not None:
             self.mask_range = False
             for number, entry in enumerate(processors):
                 name = entry.get("NAME") if isinstance(entry, Mapping) else None
                 if name == "mask_points_and_boxes_outside_range":
                     self.mask_range = True
-                    self.remove_outside_boxes = bool(_get(entry, "REMOVE_OUTSIDE_BOXES", True))
+                    self.remove_outside_boxes = bool(config_get(entry, "REMOVE_OUTSIDE_BOXES", True))
                 elif name == "shuffle_points":
-                    enabled = _get(entry, "SHUFFLE_ENABLED", {"train": True, "test": False})
+                    enabled = config_get(entry, "SHUFFLE_ENABLED", {"train": True, "test": False})
                     self.shuffle = (bool(enabled.get(self.mode, False)) if isinstance(enabled, Mapping)
                                     else bool(enabled))
                 elif name not in _IGNORED_PROCESSORS:
                     raise ValueError(f"DATA_CONFIG.DATA_PROCESSOR[{number}].NAME: unsupported processor {name!r}")
-        self.filter_empty_boxes = bool(_get(data_cfg, "FILTER_EMPTY_BOXES_FOR_TRAIN", True))
+        self.filter_empty_boxes = bool(config_get(data_cfg, "FILTER_EMPTY_BOXES_FOR_TRAIN", True))
         self.augmentor = None
-        if self.training and _get(data_cfg, "DATA_AUGMENTOR") is not None:
-            self.augmentor = DataAugmentor(_get(data_cfg, "DATA_AUGMENTOR"), self.root, self.class_names)
+        if self.training and config_get(data_cfg, "DATA_AUGMENTOR") is not None:
+            self.augmentor = DataAugmentor(config_get(data_cfg, "DATA_AUGMENTOR"), self.root, self.class_names)
 
     # -- configuration hooks ------------------------------------------------------------------------------
     @staticmethod
@@ -243,7 +235,7 @@ class KittiDetectionDataset(DetectionDataset):
     def __init__(self, data_cfg: Mapping, class_names: Sequence[str], root, split: str = "train",
                  training: bool = True, seed: int = 0):
         super().__init__(data_cfg, class_names, root, split, training, seed)
-        self.fov_points_only = bool(_get(data_cfg, "FOV_POINTS_ONLY", True))
+        self.fov_points_only = bool(config_get(data_cfg, "FOV_POINTS_ONLY", True))
         self.frame_dir = self.root / ("testing" if self.split == "test" else "training")
         if not self.frame_dir.is_dir():
             raise FileNotFoundError(f"root: no folder {self.frame_dir}")
@@ -286,11 +278,11 @@ class WaymoDetectionDataset(DetectionDataset):
     def __init__(self, data_cfg: Mapping, class_names: Sequence[str], root, split: str = "train",
                  training: bool = True, seed: int = 0):
         super().__init__(data_cfg, class_names, root, split, training, seed)
-        self.processed_data_tag = str(_get(data_cfg, "PROCESSED_DATA_TAG", DEFAULT_PROCESSED_TAG))
-        interval = _get(data_cfg, "SAMPLED_INTERVAL", {}) or {}
+        self.processed_data_tag = str(config_get(data_cfg, "PROCESSED_DATA_TAG", DEFAULT_PROCESSED_TAG))
+        interval = config_get(data_cfg, "SAMPLED_INTERVAL", {}) or {}
         interval = int(interval.get(self.mode, 1)) if isinstance(interval, Mapping) else int(interval)
-        self.drop_nlz = not bool(_get(data_cfg, "DISABLE_NLZ_FLAG_ON_POINTS", False))
-        tanh_dims = _get(data_cfg, "POINTS_TANH_DIM", [3, 4])
+        self.drop_nlz = not bool(config_get(data_cfg, "DISABLE_NLZ_FLAG_ON_POINTS", False))
+        tanh_dims = config_get(data_cfg, "POINTS_TANH_DIM", [3, 4])
         self.tanh_dims = [3, 4] if tanh_dims is None else [int(d) for d in tanh_dims]
         self.infos = load_waymo_split_infos(self.root, self.split, self.processed_data_tag, interval)
 
@@ -345,7 +337,7 @@ def build_dataset(data_cfg: Mapping, class_names: Sequence[str], root, split: st
     """
     if not isinstance(data_cfg, Mapping):
         raise TypeError(f"data_cfg: expected the DATA_CONFIG mapping, got {type(data_cfg).__name__}")
-    name = _get(data_cfg, "DATASET")
+    name = config_get(data_cfg, "DATASET")
     classes = {"KittiDataset": KittiDetectionDataset, "WaymoDataset": WaymoDetectionDataset}
     if name not in classes:
         raise ValueError(f"DATA_CONFIG.DATASET: expected one of {sorted(classes)}, got {name!r}")

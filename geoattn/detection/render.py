@@ -1,14 +1,13 @@
 """Bird's-eye pictures of a LiDAR frame with its detected (and ground-truth) boxes (matplotlib, atomic write)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from geoattn.io import atomic_write_bytes
+from geoattn.io import atomic_write_figure
 from geoattn.sparse.boxes import box_corners, check_boxes
 
 __all__ = ["render_bev"]
@@ -102,7 +101,7 @@ def render_bev(points: Tensor, path: str | Path, boxes: Tensor | None = None, la
     if title:
         axes.set_title(title, fontsize=9)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_figure(path, figure, dpi=dpi)
+    finally:
+        plt.close(figure)

@@ -1,12 +1,11 @@
 """Before/after pictures of a registration (matplotlib, written atomically)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
-from geoattn.registration.io import atomic_write_bytes
+from geoattn.io import atomic_write_figure
 from geoattn.sparse.geometry import transform_points
 
 __all__ = ["render_alignment"]
@@ -49,7 +48,7 @@ def render_alignment(src: torch.Tensor, tgt: torch.Tensor, transform: torch.Tens
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_figure(path, figure, dpi=dpi)
+    finally:
+        plt.close(figure)
