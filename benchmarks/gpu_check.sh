@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ScatterFormer / SLA checks for a CUDA machine (budget: under 10 minutes in all).
+# ScatterFormer / SLA and detector checks for a CUDA machine (budget: under 15 minutes in all).
 #
 #   bash benchmarks/gpu_check.sh [FRAME.bin] [OUT_DIR]
 #
@@ -7,7 +7,10 @@
 #    compared with the float64 reference; the Triton-on-CUDA cases cover window lengths 1..3000 and 1..8 heads);
 # 2. benchmarks/sla.py on CUDA in bfloat16 (and float32) at the KITTI frame, then in bfloat16 at 131,072 voxels;
 #    each prints one JSON line with medians, ratios, peak memory and bytes moved / time against the measured
-#    device copy bandwidth.
+#    device copy bandwidth;
+# 3. the detector on CUDA: one training step and one evaluation of the KITTI config on 4 synthetic scenes
+#    (examples/train_detector.py, AMP), then benchmarks/detection.py --device cuda (forward of the KITTI and
+#    Waymo configs, NMS, KITTI metric, voxel encoder, Gaussian targets, each against its baseline).
 # Results go to OUT_DIR (default: a new temporary directory) as gpu_check.log and *.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,17 @@ run_bench() {  # name, then benchmark arguments
 run_bench kitti_bf16 --dtype bfloat16
 run_bench kitti_fp32 --dtype float32
 run_bench voxels131072_bf16 --dtype bfloat16 --voxels 131072
+
+echo "== train_detector.py: one step + evaluation (CUDA)" | tee -a "$LOG"
+timeout 240 python examples/train_detector.py --config kitti_scatterformer --synthetic 4 --epochs 1 \
+    --batch-size 2 --stop-after 1 --workers 0 --device cuda --out "$OUT_DIR/det" --json \
+    > "$OUT_DIR/train_detector.log" 2>&1 || status=1
+tail -n 3 "$OUT_DIR/train_detector.log" | tee -a "$LOG"
+
+echo "== detection.py (CUDA)" | tee -a "$LOG"
+timeout 240 python benchmarks/detection.py --frame "$FRAME" --device cuda --json \
+    > "$OUT_DIR/detection.json" 2>> "$LOG" || status=1
+tee -a "$LOG" < "$OUT_DIR/detection.json"
 
 echo "== done (status $status): results in $OUT_DIR" | tee -a "$LOG"
 exit "$status"
