@@ -23,7 +23,7 @@ def render_bev(points: Tensor, path: str | Path, boxes: Tensor | None = None, la
 
     Detections are coloured by ``labels [P]`` (0-based into ``class_names``) with a tick from the centre along
     the heading and the score beside it; ground-truth boxes ``[M, 7]``, when given, are drawn dashed in black.
-    Points are shaded by height. ``point_range`` (x_min, y_min, z_min, x_max, y_max, z_max) fixes the view;
+    Points are coloured by height (viridis, -2 to 0.5 m). ``point_range`` (x_min, y_min, z_min, x_max, y_max, z_max) fixes the view;
     otherwise it follows the points; boxes centred outside the view are left out. At most ``max_points`` points
     are drawn (an evenly strided subset) and the ``max_labels`` best-scoring detections get a text label.
     """
@@ -41,8 +41,8 @@ def render_bev(points: Tensor, path: str | Path, boxes: Tensor | None = None, la
     if points.shape[0] > max_points:
         points = points[:: -(-points.shape[0] // max_points)]
     figure, axes = plt.subplots(figsize=(8, 8))
-    axes.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=0.3, c=points[:, 2].numpy(), cmap="Greys_r",
-                 vmin=-2.5, vmax=1.5, linewidths=0)
+    axes.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=0.5, c=points[:, 2].numpy(), cmap="viridis",
+                 vmin=-2.0, vmax=0.5, linewidths=0)
     axes.set_facecolor("#f7f7f7")
 
     def draw(box_set: Tensor, colours: list[str], style: str, texts: list[str] | None) -> None:

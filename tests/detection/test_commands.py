@@ -162,3 +162,15 @@ def test_synthetic_kitti_and_gt_database(tmp_path, capsys):
     assert code == 2 and (tmp_path / "user" / "mine.txt").read_text() == "keep me"
     code, _, err = run(capsys, "synthetic-kitti", "--out", tmp_path / "x", "--frames", "0")
     assert code == 2
+
+
+def test_detect_demo_with_the_shipped_checkpoint(tmp_path, capsys):
+    from geoattn.detection.training import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"no shipped checkpoint at {DEFAULT_CHECKPOINT}")
+    code, stdout, err = run(capsys, "detect", "--demo", "--demo-seed", "3", "--json", "--render", tmp_path / "b.png")
+    assert code == 0, err
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report["detections"] and {row["class"] for row in report["detections"]} <= {"Car", "Pedestrian", "Cyclist"}
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
