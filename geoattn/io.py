@@ -22,19 +22,13 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "current_umask", "save_checkpoint", "load_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "current_umask", "save_checkpoint",
+           "load_checkpoint"]
 
 
 def current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux ``/proc/self/status``);
-    elsewhere by the classic set-and-restore, which is momentarily process-global."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+    """The process umask (set and restored at once; the umask is process-global, so this is not thread-safe
+    against a concurrent ``os.umask`` call, like every umask query without an OS-specific interface)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
