@@ -9,7 +9,7 @@ import functools
 import importlib
 import os
 
-__all__ = ["torch_scatter", "open3d_ops", "spconv", "triton", "forced_backend", "debug_checks", "describe"]
+__all__ = ["torch_scatter", "open3d_ops", "spconv", "triton", "forced_backend", "debug_checks", "describe", "check_device"]
 
 
 def _try_import(name: str):
@@ -73,6 +73,16 @@ def forced_backend() -> str | None:
 def debug_checks() -> bool:
     """``GEOATTN_DEBUG=1`` turns on value checks that cost a pass over the data (sortedness, index ranges)."""
     return os.environ.get("GEOATTN_DEBUG", "") not in ("", "0")
+
+
+def check_device(device: str) -> None:
+    """``ValueError`` unless ``device`` is ``cpu`` or an available ``cuda[:i]`` (the commands' ``--device``)."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"--device: expected cpu or cuda[:i], got {device!r}")
 
 
 def _version(module) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "load_mmdet3d_frame",
     "boxes_camera_to_lidar",
     "boxes_lidar_to_camera",
+    "camera_box_corners",
     "KITTI_CLASSES",
 ]
 
@@ -392,6 +393,22 @@ def boxes_camera_to_lidar(boxes_camera: Tensor, lidar2cam: Tensor) -> Tensor:
     centre = torch.cat([bottom[:, :2], bottom[:, 2:3] + height[:, None] / 2], 1)
     heading = limit_angle(-ry - math.pi / 2)
     return torch.cat([centre, torch.stack([length, width, height, heading], 1)], 1)
+
+
+def camera_box_corners(boxes_camera: Tensor) -> Tensor:
+    r"""The 8 corners ``[K, 8, 3]`` of camera-frame KITTI boxes ``[K, 7]`` ``(x, y, z, l, h, w, ry)`` (bottom
+    centre), as the KITTI devkit builds them: :math:`X = R_y(ry)\,(\pm l/2, \{0, -h\}, \pm w/2) + (x, y, z)`.
+
+    Order: bottom face (``y`` offset 0) then top face (``-h``), each ``(+l, +w), (-l, +w), (-l, -w), (+l, -w)``.
+    """
+    _check_boxes7(boxes_camera, "boxes_camera")
+    signs = boxes_camera.new_tensor([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
+    along_w = boxes_camera.new_tensor([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
+    up = boxes_camera.new_tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    length, height, width, ry = (boxes_camera[:, i, None] for i in (3, 4, 5, 6))
+    lx, ly, lz = signs * length, -up * height, along_w * width
+    cos, sin = torch.cos(ry), torch.sin(ry)
+    return torch.stack([cos * lx + sin * lz, ly, -sin * lx + cos * lz], -1) + boxes_camera[:, None, 0:3]
 
 
 def boxes_lidar_to_camera(boxes_lidar: Tensor, lidar2cam: Tensor) -> Tensor:

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from geoattn.backends import check_device
+
 __all__ = [
     "add_detect_arguments", "add_evaluate_kitti_arguments", "add_evaluate_waymo_arguments",
     "add_synthetic_kitti_arguments", "add_create_gt_database_arguments",
@@ -79,15 +81,6 @@ def _classes(text: str, option: str = "--classes") -> list[str]:
     if not names:
         raise ValueError(f"{option}: expected comma-separated class names, got {text!r}")
     return names
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"--device: expected cpu or cuda[:i], got {device!r}")
 
 
 def _check_output(option: str, path: Path | None, suffixes: tuple[str, ...], inputs: list[Path]) -> None:
@@ -179,7 +172,7 @@ def run_create_gt_database(args: argparse.Namespace) -> int:
 def run_detect(args: argparse.Namespace) -> int:
     from geoattn.detection.inference import Detector, read_frame_for_detection
 
-    _check_device(args.device)
+    check_device(args.device)
     if args.demo == (args.frame is not None):
         raise ValueError("expected one LiDAR FRAME.bin or --demo")
     inputs = [path for path in (args.frame, args.calib, args.checkpoint) if path is not None]

@@ -50,7 +50,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geoattn.data.kitti import KittiCalibration, KittiLabels, boxes_lidar_to_camera, read_label
+from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_lidar_to_camera, camera_box_corners,
+                                read_label)
 from geoattn.sparse.boxes import boxes_intersection_bev
 
 __all__ = [
@@ -672,14 +673,7 @@ def lidar_detections_to_kitti(boxes: Tensor, scores: Tensor, labels: Tensor, cla
     scores = scores.detach().cpu().to(torch.float64)
     height, width = int(image_shape[0]), int(image_shape[1])
     camera = boxes_lidar_to_camera(boxes, calib.lidar2cam)
-    length, box_h, box_w, ry = camera[:, 3:4], camera[:, 4:5], camera[:, 5:6], camera[:, 6:7]
-    half = torch.tensor([1, 1, -1, -1, 1, 1, -1, -1], dtype=torch.float64) / 2
-    x_c = half * length
-    y_c = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1], dtype=torch.float64) * -box_h
-    z_c = torch.tensor([1, -1, -1, 1, 1, -1, -1, 1], dtype=torch.float64) / 2 * box_w
-    cos, sin = torch.cos(ry), torch.sin(ry)
-    corners = torch.stack([cos * x_c + sin * z_c + camera[:, 0:1], y_c + camera[:, 1:2],
-                           -sin * x_c + cos * z_c + camera[:, 2:3]], -1)  # [P, 8, 3]
+    corners = camera_box_corners(camera)  # [P, 8, 3]
     corners = torch.cat([corners[..., :2], corners[..., 2:3].clamp(min=0.01)], -1)
     projection = calib.P[2].to(torch.float64)
     pixels = corners @ projection[:3, :3].T + projection[:3, 3]

@@ -63,8 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_lidar_to_camera, write_calib, write_label,
-                                write_velodyne)
+from geoattn.data.kitti import (KittiCalibration, KittiLabels, boxes_lidar_to_camera, camera_box_corners, write_calib,
+                                write_label, write_velodyne)
 from geoattn.io import atomic_write_bytes, atomic_write_text
 from geoattn.sparse.boxes import boxes_iou_bev, limit_angle
 
@@ -885,13 +885,7 @@ def _projected_boxes(boxes_camera: np.ndarray, calib: KittiCalibration, near: fl
     count = boxes_camera.shape[0]
     if count == 0:
         return np.zeros((0, 4)), np.zeros(0, dtype=bool)
-    length, height, width, ry = (boxes_camera[:, i, None] for i in (3, 4, 5, 6))
-    sx = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
-    sz = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
-    top = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    lx, ly, lz = sx * length, -top * height, sz * width                        # [K, 8]
-    cos, sin = np.cos(ry), np.sin(ry)
-    cam = np.stack([cos * lx + sin * lz, ly, -sin * lx + cos * lz], -1) + boxes_camera[:, None, 0:3]
+    cam = camera_box_corners(torch.from_numpy(np.asarray(boxes_camera, dtype=np.float64))).numpy()
     p0, p1 = cam[:, _EDGES[:, 0]], cam[:, _EDGES[:, 1]]                        # [K, 12, 3]
     with np.errstate(divide="ignore", invalid="ignore"):
         s = (near - p0[..., 2]) / (p1[..., 2] - p0[..., 2])

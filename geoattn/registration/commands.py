@@ -11,6 +11,8 @@ import json
 import math
 from pathlib import Path
 
+from geoattn.backends import check_device
+
 __all__ = ["add_register_arguments", "add_evaluate_arguments", "run_register", "run_evaluate"]
 
 
@@ -47,15 +49,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"--device: expected cpu or cuda[:i], got {device!r}")
 
 
 def _check_outputs(inputs: list[Path], outputs: dict[str, Path | None], suffixes: dict[str, tuple[str, ...]]) -> None:
@@ -100,7 +93,7 @@ def run_register(args: argparse.Namespace) -> int:
     from geoattn.registration.io import read_point_cloud, write_transform
     from geoattn.registration.metrics import relative_rotation_error, relative_translation_error
 
-    _check_device(args.device)
+    check_device(args.device)
     truth = None
     if args.demo:
         if args.src is not None or args.tgt is not None:
@@ -158,7 +151,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from geoattn.registration.evaluation import evaluate_3dmatch
     from geoattn.registration.io import atomic_write_bytes
 
-    _check_device(args.device)
+    check_device(args.device)
     if not args.root.is_dir():
         raise FileNotFoundError(f"--root {args.root}: no such folder")
     if args.out is not None and args.out.suffix.lower() != ".json":
