@@ -196,13 +196,31 @@ def _with_input_linear(conv: nn.Module) -> nn.Module:
     return conv
 
 
-def _check_inputs(x: Tensor, edge_index: Tensor, in_channels: int) -> None:
+def _is_adjacency(edge_index) -> bool:
+    """True for the sparse adjacency forms PyG's convolutions take instead of ``edge_index``: a torch sparse
+    tensor (COO / CSR / CSC) or a ``torch_sparse.SparseTensor``."""
+    if isinstance(edge_index, Tensor):
+        return edge_index.layout in (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+    return type(edge_index).__name__ == "SparseTensor" and hasattr(edge_index, "sparse_sizes")
+
+
+def _check_inputs(x: Tensor, edge_index, in_channels: int) -> None:
     if not isinstance(x, Tensor) or x.dim() != 2 or x.size(1) != in_channels:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"x: expected a 2-D tensor [N, C] with C={in_channels}, got shape {shape}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected floating-point features (e.g. x.float()), got {x.dtype}")
+    if _is_adjacency(edge_index):
+        sizes = tuple(edge_index.sparse_sizes()) if not isinstance(edge_index, Tensor) else tuple(edge_index.shape)
+        if len(sizes) != 2 or sizes[0] != sizes[1] or sizes[0] != x.size(0):
+            raise ValueError(f"edge_index: expected a sparse adjacency (adj_t) of shape [N, N] with N={x.size(0)} "
+                             f"(the rows of x), got shape {sizes}")
+        return
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
         shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index).__name__
-        raise ValueError(f"edge_index: expected a [2, E] tensor, got {shape}")
+        raise ValueError(f"edge_index: expected a [2, E] tensor or a sparse adjacency adj_t [N, N], got {shape}")
+    if edge_index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"edge_index: expected an integer [2, E] tensor, got {edge_index.dtype}")
 
 
 class _Branch(nn.Module):

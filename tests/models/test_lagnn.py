@@ -297,3 +297,28 @@ def test_csr_transpose_reuses_the_pattern_and_follows_changes():
         result = transpose(dense.to_sparse_csr())
         assert result.layout == torch.sparse_csr and result.shape == (5, 7)
         assert torch.equal(result.to_dense(), dense.t())
+
+
+def test_models_take_the_sparse_adjacency_gcnconv_takes():
+    """adj_t (torch.sparse, rows = targets) gives the same logits as edge_index for every LA backbone."""
+    x, edge_index = _graph()
+    generated = [torch.rand_like(x)]
+    values = torch.ones(edge_index.size(1))
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), values, (NUM_NODES, NUM_NODES)).coalesce()
+    for model in [LAGCN(NUM_FEATURES, 4, NUM_CLASSES), LAGCN(NUM_FEATURES, 4, NUM_CLASSES, cached=True),
+                  LASAGE(NUM_FEATURES, 4, NUM_CLASSES), LAGCNII(NUM_FEATURES, 4, NUM_CLASSES, num_layers=2)]:
+        model.eval()
+        expected = model(x, edge_index, generated)
+        for adjacency in (adj_t, adj_t.to_sparse_csr()):
+            torch.testing.assert_close(model(x, adjacency, generated), expected, msg=repr(model))
+    with pytest.raises(ValueError, match=r"edge_index: expected a sparse adjacency .* N=9 .*\(9, 8\)"):
+        LAGCN(NUM_FEATURES, 4, NUM_CLASSES)(x, adj_t.to_dense()[:, :8].to_sparse(), generated)
+
+
+def test_integer_features_are_refused_naming_x():
+    x, edge_index = _graph()
+    model = LAGCN(NUM_FEATURES, 4, NUM_CLASSES)
+    with pytest.raises(TypeError, match=r"x: expected floating-point features .*torch.int64"):
+        model(x.long(), edge_index, [x])
+    with pytest.raises(TypeError, match=r"edge_index: expected an integer .*torch.float32"):
+        model(x, edge_index.float(), [x])
