@@ -21,16 +21,18 @@ LA backbones are in :mod:`geoattn.models.lagnn`.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
-import tempfile
-from pathlib import Path
-from typing import Callable, Sequence
+import pickle
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from geoattn.io import _check_plain, atomic_write_bytes
 
 __all__ = [
     "LocalAugmenter",
@@ -102,6 +104,7 @@ class LocalAugmenter(nn.Module):
         self.hidden_channels = hidden_channels
         self.latent_channels = latent_channels
         self.variant = variant
+        self.metadata: dict = {}  # how the generator was fitted, recorded by the caller (see save / load)
         batch_norm = variant == "ogb"
 
         def norm(width: int) -> nn.Module:
@@ -301,34 +304,35 @@ class LocalAugmenter(nn.Module):
         return history
 
     # ------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``{"format", "config", "state_dict"}`` to ``path`` (temporary file, then rename)."""
-        path = Path(path)
-        payload = {"format": _FORMAT, "config": self.config,
+    def save(self, path: str | os.PathLike, metadata: Mapping | None = None) -> None:
+        """Write ``{"format", "config", "state_dict", "metadata"}`` to ``path`` atomically, with the mode a
+        plain ``open`` gives (:func:`geoattn.io.atomic_write_bytes`). ``metadata`` (optional, plain types:
+        str, int, float, bool, None, lists and dicts) records how the generator was fitted (seed, epochs,
+        ...); :meth:`load` returns it as ``model.metadata``."""
+        metadata = {} if metadata is None else dict(metadata)
+        _check_plain(metadata, "metadata")
+        payload = {"format": _FORMAT, "config": self.config, "metadata": metadata,
                    "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()}}
-        handle, temporary = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name,
-                                             suffix=".tmp")
-        os.close(handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        try:
-            torch.save(payload, temporary)
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location=None) -> "LocalAugmenter":
-        """Rebuild a generator written by :meth:`save` (weights-only unpickling), in eval mode."""
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        """Rebuild a generator written by :meth:`save` (weights-only unpickling), in eval mode; the fit record
+        given to :meth:`save` is ``model.metadata`` (``{}`` for files written without one). A file that is
+        not a :meth:`save` file raises ``ValueError`` naming it."""
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError) as error:
+            raise ValueError(f"{path}: expected a file written by LocalAugmenter.save ({_FORMAT}), got a file "
+                             f"torch.load cannot read ({type(error).__name__}: {error})") from None
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise ValueError(f"path: expected a file written by LocalAugmenter.save ({_FORMAT}), got {found!r}")
+            raise ValueError(f"{path}: expected a file written by LocalAugmenter.save ({_FORMAT}), got {found!r}")
         model = cls(**payload["config"])
         model.load_state_dict(payload["state_dict"])
+        model.metadata = dict(payload.get("metadata", {}))
         return model.to(map_location).eval() if map_location is not None else model.eval()
 
 

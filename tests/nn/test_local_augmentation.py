@@ -207,7 +207,25 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
         assert torch.equal(a, b)
         # loads with the weights-only unpickler (no pickled module inside)
         payload = torch.load(path, weights_only=True)
-        assert set(payload) == {"format", "config", "state_dict"}
+        assert set(payload) == {"format", "config", "state_dict", "metadata"}
+        assert payload["metadata"] == {} and loaded.metadata == {}
+
+
+def test_save_records_the_fit_metadata_and_honours_the_umask(tmp_path):
+    import os
+
+    model = LocalAugmenter(6, hidden_channels=16, latent_channels=3)
+    path = tmp_path / "generator.pt"
+    previous = os.umask(0o027)
+    try:
+        model.save(path, metadata={"seed": 3, "epochs": 10, "select": False})
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert LocalAugmenter.load(path).metadata == {"seed": 3, "epochs": 10, "select": False}
+    with pytest.raises(TypeError, match=r"metadata\.seed"):
+        model.save(tmp_path / "bad.pt", metadata={"seed": torch.tensor(3)})
+    assert not (tmp_path / "bad.pt").exists()
 
 
 def test_load_rejects_foreign_files(tmp_path):
@@ -215,6 +233,10 @@ def test_load_rejects_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(ValueError, match="LocalAugmenter.save"):
         LocalAugmenter.load(path)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n" * 4)
+    with pytest.raises(ValueError, match=r"notes\.txt.*LocalAugmenter\.save"):
+        LocalAugmenter.load(text)
 
 
 def test_bad_arguments():
