@@ -4,6 +4,13 @@ All layers take voxel features **in window order** ``x [N, C]`` (``window.sort(x
 stage's :class:`~geoattn.sparse.window.WindowIndex`; nothing is padded. Per-stage tables (SLA chunk tables,
 submanifold neighbour tables) are cached on the index, so the three blocks of a stage share them.
 
+:class:`ScatteredLinearAttention` and :class:`ScatterFormerBlock` also take PyG-style inputs: ``(x, coords)``
+(optionally with ``batch``) or a ``Data`` / ``Batch`` with ``x`` and ``coords``, rows in any order. They then
+partition the voxels themselves with :func:`cached_window_index`, which keeps one
+:class:`~geoattn.sparse.window.WindowIndex` per coords tensor and window shape for as long as that tensor
+lives, so every layer of a stage (and every call on the same batch) shares it; the output comes back in the
+input row order.
+
 * :class:`ScatteredLinearAttention`: ``q, k, v = x W_qkv``; per window and head
   :math:`y_i = \phi(q_i) S_w / (\phi(q_i) \cdot z_w + \varepsilon)` with
   :math:`S_w = \sum_{j \in w} \phi(k_j)^\top v_j`, :math:`z_w = \sum_{j \in w} \phi(k_j)`; output ``y W_o + b``.
@@ -23,6 +30,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from geoattn.kernels.sla import scattered_linear_attention
 from geoattn.sparse.segment import segment_max
@@ -30,6 +38,7 @@ from geoattn.sparse.voxel import submanifold_neighbors
 from geoattn.sparse.window import WindowIndex
 
 __all__ = [
+    "cached_window_index",
     "ScatteredLinearAttention",
     "DepthwiseSparseConv3d",
     "depthwise_sparse_conv",
@@ -44,15 +53,96 @@ _FEATURE_MAPS = {
 }
 
 
-def _check_features(x, channels: int, window: WindowIndex) -> None:
+def _check_features(x, channels: int, window: WindowIndex, dtype: torch.dtype | None = None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2 or x.shape[1] != channels:
         raise ValueError(f"x: expected a 2-D tensor [N, C] with C={channels}, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"x: expected dtype {dtype} (the layer's parameters; convert with .to()), got {x.dtype}")
     if not isinstance(window, WindowIndex):
         raise TypeError(f"window: expected a WindowIndex, got {type(window).__name__}")
     if x.shape[0] != window.num_voxels:
         raise ValueError(f"x: expected {window.num_voxels} rows (window.num_voxels), got {x.shape[0]}")
+
+
+# coords tensor -> {(window_shape, shift): (coords version, batch tensor, batch version, WindowIndex)}; weak
+# keys, so an entry goes with its coords tensor. The index is built from a detached alias of the coords (one
+# that does not keep the key alive).
+_WINDOW_CACHE = WeakIdKeyDictionary()
+
+
+def _check_coords(coords, num_rows: int | None = None) -> None:
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
+    if coords.dim() != 2 or coords.shape[1] != 4 or (num_rows is not None and coords.shape[0] != num_rows):
+        rows = "N" if num_rows is None else num_rows
+        raise ValueError(f"coords: expected shape ({rows}, 4) (batch, z, y, x), got {tuple(coords.shape)}")
+    if coords.is_floating_point() or coords.dtype == torch.bool:
+        raise TypeError(f"coords: expected an integer tensor, got dtype {coords.dtype}")
+
+
+def cached_window_index(coords: Tensor, window_shape, shift=None, batch: Tensor | None = None) -> WindowIndex:
+    """The :class:`~geoattn.sparse.window.WindowIndex` of ``coords [N, 4]``, built once per coords tensor.
+
+    Args:
+        coords: integer voxel coords ``(b, z, y, x)``, any row order.
+        window_shape, shift: as in :meth:`WindowIndex.from_coords`.
+        batch: optional ``[N]`` batch id of each voxel (a PyG ``Batch``'s ``batch``); it replaces the ``b``
+            column, so voxels of different graphs of a mini-batch never share a window.
+
+    The index is cached for as long as ``coords`` lives, keyed by the tensor itself, the window shape, the
+    shift and ``batch``; an in-place change of ``coords`` or ``batch`` rebuilds it.
+    """
+    _check_coords(coords)
+    if batch is not None:
+        if not isinstance(batch, Tensor) or batch.shape != (coords.shape[0],):
+            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+            raise ValueError(f"batch: expected a 1-D tensor [N] with N={coords.shape[0]}, got {shape}")
+        if batch.is_floating_point() or batch.dtype == torch.bool:
+            raise TypeError(f"batch: expected an integer tensor, got dtype {batch.dtype}")
+    key = (window_shape if isinstance(window_shape, int) else tuple(window_shape),
+           shift if shift is None or isinstance(shift, int) else tuple(shift))
+    entries = _WINDOW_CACHE.setdefault(coords, {})
+    entry = entries.get(key)
+    batch_version = None if batch is None else batch._version
+    if entry is not None and entry[0] == coords._version and entry[1] is batch and entry[2] == batch_version:
+        return entry[3]
+    source = coords.detach()
+    if batch is not None:
+        source = torch.cat([batch.to(coords.dtype).unsqueeze(1), source[:, 1:]], dim=1)
+    index = WindowIndex.from_coords(source, window_shape, shift)
+    entries[key] = (coords._version, batch, batch_version, index)
+    return index
+
+
+def _voxel_inputs(x, window, batch, channels: int, dtype: torch.dtype, window_shape):
+    """``(x, WindowIndex, sorted)`` from ``(x, window)``, ``(x, coords[, batch])`` or a ``Data`` with coords.
+
+    ``sorted`` is True when ``x`` is already in window order (a ``WindowIndex`` was given).
+    """
+    if isinstance(window, WindowIndex):
+        if batch is not None:
+            raise ValueError("batch: only taken with coords (a WindowIndex already holds the batch column)")
+        _check_features(x, channels, window, dtype)
+        return x, window, True
+    if window is None and hasattr(x, "coords") and not isinstance(x, Tensor):
+        data = x
+        x, window = getattr(data, "x", None), data.coords
+        batch = getattr(data, "batch", None) if batch is None else batch
+        if x is None:
+            raise ValueError("data: expected a Data with x [N, C] and coords [N, 4], got no x")
+    if window is None:
+        raise TypeError(f"window: expected a WindowIndex or coords [N, 4] (or a Data with x and coords), got None "
+                        f"(x is a {type(x).__name__})")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    _check_coords(window, x.shape[0])
+    index = cached_window_index(window, window_shape, batch=batch)
+    _check_features(x, channels, index, dtype)
+    return x, index, False
 
 
 class ScatteredLinearAttention(nn.Module):
@@ -63,20 +153,29 @@ class ScatteredLinearAttention(nn.Module):
         heads: attention heads ``H`` (head width ``D = C / H``).
         feature_map: ``'relu'`` (the paper's EfficientViT-style map) or ``'elu'`` (``elu + 1``).
         eps: added to the denominator.
+        window_size: BEV window size used when the layer partitions ``coords`` itself (full-height
+            ``window_size x window_size`` windows; ScatterFormer uses 12).
 
-    Shapes: ``x [N, C]`` in window order, ``window`` with ``N`` voxels -> ``[N, C]``.
+    Shapes: ``x [N, C]`` in window order with a ``window`` of ``N`` voxels -> ``[N, C]`` in window order; or
+    ``x [N, C]`` and integer ``coords [N, 4]`` ``(b, z, y, x)`` (optional ``batch [N]`` replacing ``b``), or a
+    ``Data`` with ``x`` and ``coords``, rows in any order -> ``[N, C]`` in the same order. ``x`` must have the
+    dtype of the parameters (float32, float64 or bfloat16; attention states accumulate in float32).
     """
 
-    def __init__(self, channels: int, heads: int = 4, feature_map: str = "relu", eps: float = 1e-6):
+    def __init__(self, channels: int, heads: int = 4, feature_map: str = "relu", eps: float = 1e-6,
+                 window_size: int = 12):
         super().__init__()
         if channels <= 0 or heads <= 0 or channels % heads != 0:
             raise ValueError(f"channels: expected a positive multiple of heads={heads}, got {channels}")
         if feature_map not in _FEATURE_MAPS:
             raise ValueError(f"feature_map: expected one of {sorted(_FEATURE_MAPS)}, got {feature_map!r}")
+        if not isinstance(window_size, int) or window_size <= 0:
+            raise ValueError(f"window_size: expected a positive int, got {window_size!r}")
         self.channels = channels
         self.heads = heads
         self.feature_map = feature_map
         self.eps = eps
+        self.window_size = window_size
         self.qkv = nn.Linear(channels, 3 * channels, bias=False)
         self.proj = nn.Linear(channels, channels)
         self.reset_parameters()
@@ -85,8 +184,14 @@ class ScatteredLinearAttention(nn.Module):
         self.qkv.reset_parameters()
         self.proj.reset_parameters()
 
-    def forward(self, x: Tensor, window: WindowIndex) -> Tensor:
-        _check_features(x, self.channels, window)
+    def forward(self, x, window: WindowIndex | Tensor | None = None, batch: Tensor | None = None) -> Tensor:
+        x, window, in_window_order = _voxel_inputs(x, window, batch, self.channels, self.qkv.weight.dtype,
+                                                   self.window_size)
+        if not in_window_order:
+            return window.unsort(self._attend(window.sort(x), window))
+        return self._attend(x, window)
+
+    def _attend(self, x: Tensor, window: WindowIndex) -> Tensor:
         num_rows = x.shape[0]
         depth = self.channels // self.heads
         q, k, v = self.qkv(x).view(num_rows, 3, self.heads, depth).unbind(dim=1)
@@ -96,7 +201,7 @@ class ScatteredLinearAttention(nn.Module):
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(channels={self.channels}, heads={self.heads}, "
-                f"feature_map={self.feature_map!r})")
+                f"feature_map={self.feature_map!r}, window_size={self.window_size})")
 
 
 class _DepthwiseConvFunction(torch.autograd.Function):
@@ -223,7 +328,7 @@ class CrossWindowInteraction(nn.Module):
             module.reset_parameters()
 
     def forward(self, x: Tensor, window: WindowIndex) -> Tensor:
-        _check_features(x, self.channels, window)
+        _check_features(x, self.channels, window, self.fc1.weight.dtype)
         u = self.norm(x)
         u_cube, u_x, u_y, u_id = u.chunk(4, dim=1)
         mixed = torch.cat([self.conv_cube(u_cube, window), self.conv_x(u_x, window), self.conv_y(u_y, window),
@@ -241,7 +346,10 @@ class ScatterFormerBlock(nn.Module):
     Args:
         channels: ``C``; heads: SLA heads; window_size: BEV window size of the stage; ffn_ratio: MLP width.
 
-    Shapes: ``x [N, C]`` in window order -> ``[N, C]``.
+    Shapes: ``x [N, C]`` in window order with the stage's ``window`` -> ``[N, C]`` in window order; or
+    ``(x, coords)`` (optional ``batch``) or a ``Data`` with ``x`` and ``coords``, rows in any order -> ``[N, C]``
+    in the same order (the window index is built with ``window_size`` and cached, see
+    :func:`cached_window_index`).
     """
 
     def __init__(self, channels: int, heads: int = 4, window_size: int = 12, ffn_ratio: int = 2,
@@ -249,7 +357,7 @@ class ScatterFormerBlock(nn.Module):
         super().__init__()
         self.channels = channels
         self.norm = nn.BatchNorm1d(channels, eps=1e-3, momentum=0.01)
-        self.attention = ScatteredLinearAttention(channels, heads, feature_map=feature_map)
+        self.attention = ScatteredLinearAttention(channels, heads, feature_map=feature_map, window_size=window_size)
         self.interaction = CrossWindowInteraction(channels, window_size, ffn_ratio)
         self.reset_parameters()
 
@@ -258,8 +366,14 @@ class ScatterFormerBlock(nn.Module):
         self.attention.reset_parameters()
         self.interaction.reset_parameters()
 
-    def forward(self, x: Tensor, window: WindowIndex) -> Tensor:
-        _check_features(x, self.channels, window)
+    def forward(self, x, window: WindowIndex | Tensor | None = None, batch: Tensor | None = None) -> Tensor:
+        x, window, in_window_order = _voxel_inputs(x, window, batch, self.channels,
+                                                   self.attention.qkv.weight.dtype, self.interaction.window_size)
+        if not in_window_order:
+            return window.unsort(self._block(window.sort(x), window))
+        return self._block(x, window)
+
+    def _block(self, x: Tensor, window: WindowIndex) -> Tensor:
         x = x + self.attention(self.norm(x), window)
         return self.interaction(x, window)
 
@@ -278,7 +392,8 @@ class AttentionPillarPooling(nn.Module):
         channels: ``C``; heads: attention heads; height: number of z cells ``Z`` of the input grid.
 
     Shapes: ``x [N, C]`` and ``coords [N, 4]`` ``(b, z, y, x)`` (any order) ->
-    ``(pillar features [P, C], pillar coords [P, 3] (b, y, x))``, pillars sorted by ``(b, y, x)``.
+    ``(pillar features [P, C], pillar coords [P, 3] (b, y, x))``, pillars sorted by ``(b, y, x)``; no voxels
+    give ``[0, C]`` and ``[0, 3]``. ``x`` has the dtype of the parameters (float32, float64 or bfloat16).
     """
 
     def __init__(self, channels: int, heads: int = 8, height: int = 8):
@@ -296,11 +411,17 @@ class AttentionPillarPooling(nn.Module):
         self.norm.reset_parameters()
 
     def forward(self, x: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.channels:
             raise ValueError(f"x: expected a 2-D tensor [N, C] with C={self.channels}, got shape {tuple(x.shape)}")
-        if coords.shape != (x.shape[0], 4):
-            raise ValueError(f"coords: expected shape ({x.shape[0]}, 4), got {tuple(coords.shape)}")
-        if coords.shape[0] > 0 and int(coords[:, 1].max()) >= self.height:
+        dtype = self.height_embedding.weight.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"x: expected dtype {dtype} (the layer's parameters; convert with .to()), got {x.dtype}")
+        _check_coords(coords, x.shape[0])
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.channels), coords.new_zeros(0, 3)
+        if int(coords[:, 1].max()) >= self.height:
             raise ValueError(f"coords: expected z < height={self.height}, got {int(coords[:, 1].max())}")
         pillars = WindowIndex.from_coords(coords, (None, 1, 1))  # one window per BEV cell
         x_sorted = pillars.sort(x)

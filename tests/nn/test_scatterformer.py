@@ -172,3 +172,116 @@ def test_block_on_cuda_matches_cpu():
     cuda_window = WindowIndex.from_coords(coords.cuda(), 12)
     out = block.cuda()(cuda_window.sort(x.cuda()), cuda_window)
     torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyG-style inputs: (x, coords), Data / Batch, Sequential; dtypes; empty pooling
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer_class", [ScatteredLinearAttention, ScatterFormerBlock])
+def test_coords_input_matches_window_index_input_in_input_order(layer_class):
+    from geoattn.nn.scatterformer import cached_window_index
+
+    coords = random_sites(150, shape=(4, 30, 30))
+    layer = layer_class(16, heads=2, window_size=6).eval()
+    x = torch.randn(150, 16)
+    window = WindowIndex.from_coords(coords, 6)
+    expected = window.unsort(layer(window.sort(x), window))
+    torch.testing.assert_close(layer(x, coords), expected)
+    # one index per coords tensor and window size, shared by every layer and call
+    cached = cached_window_index(coords, 6)
+    assert cached is cached_window_index(coords, 6) and cached is not cached_window_index(coords, 4)
+    layer(x, coords)
+    assert cached_window_index(coords, 6) is cached
+    coords[:, 3] = coords[:, 3].flip(0)  # an in-place change rebuilds it
+    rebuilt = cached_window_index(coords, 6)
+    assert rebuilt is not cached
+    torch.testing.assert_close(rebuilt.coords, coords)
+
+
+@pytest.mark.parametrize("layer_class", [ScatteredLinearAttention, ScatterFormerBlock])
+def test_batch_of_voxel_clouds_from_dataloader_inside_pyg_sequential(layer_class):
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader
+    from torch_geometric.nn import Sequential
+
+    # every cloud is voxelised on its own (batch column 0); the Batch's `batch` keeps the clouds apart
+    clouds = []
+    for seed in range(3):
+        coords = random_sites(60, batch=1, shape=(2, 12, 12), seed=seed)
+        clouds.append(Data(x=torch.randn(60, 16), coords=coords, num_nodes=60))
+    model = Sequential("x, coords, batch", [
+        (layer_class(16, heads=2, window_size=6), "x, coords, batch -> x"),
+        (layer_class(16, heads=2, window_size=6), "x, coords, batch -> x"),
+    ]).eval()
+    batch = next(iter(DataLoader(clouds, batch_size=3)))
+    out = model(batch.x, batch.coords, batch.batch)
+    expected = torch.cat([model(cloud.x, cloud.coords, None) for cloud in clouds])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    # a Data / Batch with x and coords goes in directly
+    torch.testing.assert_close(model[0](batch), model[0](batch.x, batch.coords, batch.batch))
+
+
+def test_sla_float64_and_bfloat16_follow_the_parameters():
+    coords = random_sites(120, shape=(4, 20, 20))
+    window = WindowIndex.from_coords(coords, 6)
+    layer = ScatteredLinearAttention(16, 2, window_size=6)
+    x = torch.randn(120, 16)
+    reference = layer.double()(x.double(), coords)
+    assert reference.dtype == torch.float64
+    torch.testing.assert_close(reference, reference_sla_layer(layer, window.sort(x.double()), window)[window.inverse])
+    out = layer.bfloat16()(x.bfloat16(), coords)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), reference, atol=5e-2, rtol=5e-2)
+    block = ScatterFormerBlock(16, 2, window_size=6).eval().to(torch.bfloat16)
+    assert block(x.bfloat16(), coords).dtype == torch.bfloat16
+
+
+def test_dtype_and_coords_checks_name_the_argument():
+    from geoattn.nn.scatterformer import AttentionPillarPooling
+
+    coords = random_sites(40)
+    layer = ScatteredLinearAttention(8, 2)
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32 .* got torch.float64"):
+        layer(torch.randn(40, 8, dtype=torch.float64), coords)
+    with pytest.raises(TypeError, match=r"x: expected a floating-point tensor, got dtype torch.int64"):
+        layer(torch.randint(0, 3, (40, 8)), coords)
+    with pytest.raises(TypeError, match=r"coords: expected an integer tensor, got dtype torch.float32"):
+        layer(torch.randn(40, 8), coords.float())
+    with pytest.raises(ValueError, match=r"coords: expected shape \(40, 4\)"):
+        layer(torch.randn(40, 8), coords[:, :3])
+    with pytest.raises(ValueError, match=r"batch: expected a 1-D tensor \[N\] with N=40"):
+        layer(torch.randn(40, 8), coords, torch.zeros(39, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32 .* got torch.float64"):
+        ScatterFormerBlock(8, 2)(torch.randn(40, 8, dtype=torch.float64), coords)
+    pool = AttentionPillarPooling(8, heads=2, height=4)
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32 .* got torch.bfloat16"):
+        pool(torch.randn(40, 8, dtype=torch.bfloat16), coords)
+    with pytest.raises(TypeError, match="coords: expected an integer tensor"):
+        pool(torch.randn(40, 8), coords.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_attention_pillar_pooling_dtypes_and_no_voxels(dtype):
+    from geoattn.nn.scatterformer import AttentionPillarPooling
+
+    pool = AttentionPillarPooling(8, heads=2, height=4).eval().to(dtype)
+    out, pillar_coords = pool(torch.zeros(0, 8, dtype=dtype), torch.zeros(0, 4, dtype=torch.int32))
+    assert out.shape == (0, 8) and out.dtype == dtype
+    assert pillar_coords.shape == (0, 3) and pillar_coords.dtype == torch.int32
+    coords = random_sites(30, shape=(4, 4, 4))
+    out, _ = pool(torch.randn(30, 8, dtype=dtype), coords)
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.slow
+def test_sla_compiles_without_graph_breaks_and_matches_eager():
+    coords = random_sites(120, shape=(4, 20, 20))
+    window = WindowIndex.from_coords(coords, 6)
+    layer = ScatteredLinearAttention(16, 2, window_size=6)
+    x = window.sort(torch.randn(120, 16))
+    eager = layer(x, window)  # builds the stage's chunk tables once (cached on the index), as a stage does
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(layer)(x, window)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(layer, fullgraph=False)
+    torch.testing.assert_close(compiled(x, window), eager, atol=1e-5, rtol=1e-5)
