@@ -8,9 +8,17 @@ consistency loss. Defaults are each model's paper settings (``HYPERPARAMETERS``)
 for LA models, Kipf & Welling's for GCN, Velickovic et al.'s (with their stopping rule) for GAT.
 
 Per training step an LA model sees ``--samples`` (K) generated feature matrices, each with its own
-input-dropout mask, from the generator fitted once per data set (:class:`geoattn.nn.LocalAugmenter`;
-pass ``--generator PATH`` to reuse a fitted one: it is written there when absent). Validation uses one
-more generated matrix per epoch, and the test accuracy is read with the matrix of the selected epoch.
+input-dropout mask, from a generator (:class:`geoattn.nn.LocalAugmenter`) that each run fits with its own
+seed (``--generator-seed S`` instead fits one generator with seed S and shares it between all runs).
+``--generator PATH`` keeps fitted generators (``{seed}`` in PATH: one file per seed) and reuses a file only
+when it records the same fit settings and seed. Validation uses one more generated matrix per epoch, and
+the test accuracy is read with the matrix of the selected epoch.
+
+Reproducibility: the same command gives the same numbers, bit for bit, on one machine with one thread
+count (``--threads``, default 1): the generator's initial weights, pair order, noise and uncertainty
+selection follow the generator seed; model initialisation, dropout masks and pool picks follow the run's
+seed; a run's result does not depend on the runs before it (``--seed 3 --runs 1`` repeats run 3 of
+``--seed 0 --runs 4``). ``--out DIR`` writes each run's ``log.csv`` and ``curve.png`` to ``DIR/seed_<seed>/``.
 
 Generated matrices (``--sample-pool``): the paper decodes K + 1 = 5 fresh [N, F] matrices per epoch
 (``--sample-pool 0``). By default each run instead decodes a pool of S = 16 matrices once and every
@@ -64,7 +72,8 @@ from geoattn import backends
 from geoattn.data.planetoid import load_planetoid
 from geoattn.models import LAGAT, LAGCN, LAGCNII, LASAGE
 from geoattn.nn import LocalAugmenter, UncertaintySelector, consistency_loss, row_normalize
-from geoattn.registration.io import atomic_write_bytes
+from geoattn.io import atomic_write_bytes
+from geoattn.train_log import TrainingLog
 
 # The paper's hyper-parameters (Tables 10/11) for the LA models; the baselines use their own papers'
 # settings and stopping rules (Kipf & Welling GCN: 200 epochs, weight decay on the first layer only;
@@ -133,7 +142,12 @@ def parse_args(argv=None):
                              "projection; LA-GCN/LA-GAT only); auto: bfloat16 on CPUs with native bf16 matrix "
                              "products (~2x cheaper epochs), float32 elsewhere")
     parser.add_argument("--generator", default=None,
-                        help="path of a fitted LocalAugmenter; fitted and written there when missing")
+                        help="path of a fitted LocalAugmenter, fitted and written there when missing; '{seed}' in "
+                             "the path is replaced by the generator seed (one file per seed), and a file is only "
+                             "reused when it records the same fit settings and seed")
+    parser.add_argument("--generator-seed", type=int, default=None,
+                        help="seed of the generator fit; default: each run fits its own generator with the run's "
+                             "seed; given: one generator fitted with this seed is shared by all runs")
     parser.add_argument("--generator-epochs", type=int, default=10)
     parser.add_argument("--generator-steps", type=int, default=None, help="cap on generator optimiser steps")
     parser.add_argument("--generator-latent", type=int, default=10)
@@ -146,6 +160,9 @@ def parse_args(argv=None):
                         help="torch CPU threads (1: on Cora/CiteSeer a second thread costs more than it gains)")
     parser.add_argument("--checkpoint", default=None,
                         help="file recording finished runs (written atomically after each run)")
+    parser.add_argument("--out", default=None,
+                        help="folder of the training logs: OUT/seed_<seed>/log.csv (per-epoch loss, validation "
+                             "loss and accuracy) and curve.png")
     parser.add_argument("--resume", action="store_true", help="skip the runs recorded in --checkpoint")
     parser.add_argument("--trace", action="store_true",
                         help="store every epoch's validation loss / accuracy and test accuracy in --checkpoint")
@@ -169,26 +186,49 @@ def build_model(args, hp, num_features, num_classes, la: bool):
                    dropout=hp["dropout"])
 
 
-def fit_generator(args, data, device):
-    """Load the generator from --generator or fit it; returns (augmenter, seconds spent fitting)."""
-    path = Path(args.generator) if args.generator else None
+def generator_seed(args, run: int) -> int:
+    """Seed of the generator run ``run`` trains with: ``--generator-seed`` when given, else the run's seed."""
+    return args.generator_seed if args.generator_seed is not None else args.seed + run
+
+
+def generator_record(args, seed: int) -> dict:
+    """Everything a generator fit depends on; a file in --generator is reused only when it records the same."""
+    select = SELECT_GENERATOR[args.dataset] if args.select is None else args.select
+    return {"dataset": args.dataset, "seed": seed, "epochs": args.generator_epochs, "steps": args.generator_steps,
+            "latent": args.generator_latent, "lr": args.generator_lr, "select": select}
+
+
+def generator_path(args, seed: int) -> Path | None:
+    return Path(args.generator.replace("{seed}", str(seed))) if args.generator else None
+
+
+def fit_generator(args, data, device, seed: int):
+    """The generator for ``seed``: read from --generator when that file was fitted with the same settings and
+    seed, else fitted (construction, pair order, noise and the uncertainty selection all seeded by ``seed``)
+    and written there; returns (augmenter, seconds spent fitting)."""
+    record = generator_record(args, seed)
+    path = generator_path(args, seed)
     if path is not None and path.is_file():
-        return LocalAugmenter.load(path, map_location=device), 0.0
+        augmenter = LocalAugmenter.load(path, map_location=device)
+        if augmenter.metadata != record:
+            raise ValueError(f"--generator: {path} records the fit {augmenter.metadata or '(none)'}, this run needs "
+                             f"{record}; remove the file to refit it, or name the path with {{seed}}")
+        return augmenter, 0.0
     start = time.perf_counter()
     x_raw = data.x_raw.to(device)
+    torch.manual_seed(seed)  # the initial weights: unseeded, they made two identical commands disagree
     augmenter = LocalAugmenter(x_raw.size(1), latent_channels=args.generator_latent).to(device)
     selector = None
-    select = SELECT_GENERATOR[args.dataset] if args.select is None else args.select
-    if select:
+    if record["select"]:
         selector = UncertaintySelector(data.x.to(device), data.edge_index.to(device), data.y.to(device),
                                        data.train_mask.nonzero().view(-1).to(device), generator_x=x_raw,
-                                       seed=args.seed)
+                                       seed=seed)
     augmenter.fit(x_raw, data.edge_index.to(device), epochs=args.generator_epochs, lr=args.generator_lr,
-                  max_steps=args.generator_steps,
-                  selector=selector, seed=args.seed, progress=not args.quiet)
+                  max_steps=args.generator_steps, selector=selector, seed=seed, progress=not args.quiet)
     seconds = time.perf_counter() - start
+    augmenter.metadata = record
     if path is not None:
-        augmenter.save(path)
+        augmenter.save(path, metadata=record)
     return augmenter, seconds
 
 
@@ -275,7 +315,9 @@ def validation_halves(val_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return nodes[order[: len(nodes) // 2]], nodes[order[len(nodes) // 2:]]
 
 
-def train_run(args, hp, data, augmenter, seed, device, la):
+def train_run(args, hp, data, augmenter, seed, device, la, log=None):
+    """One run from ``seed`` (model initialisation, dropout masks and pool picks all follow it); ``log``: an
+    optional :class:`geoattn.train_log.TrainingLog` that gets one row per epoch."""
     torch.manual_seed(seed)
     model = build_model(args, hp, data.x.size(1), int(data.y.max()) + 1, la).to(device)
     if args.model == "gcnii":
@@ -333,6 +375,10 @@ def train_run(args, hp, data, augmenter, seed, device, la):
                                float((prediction[half] == y[half]).float().mean())]
                 trace.append((round(val_loss, 5), val_acc, float((prediction[test] == y[test]).float().mean()),
                               *halves))
+        if log is not None:  # rows are written in blocks: rewriting the CSV every epoch would cost more than it
+            log.rows.append({"epoch": epoch + 1, "loss": float(loss.detach()), "val_loss": val_loss, "val_acc": val_acc})
+            if (epoch + 1) % 100 == 0:
+                log.write()
         if selector.update(epoch, val_loss, val_acc):
             best = {"val_loss": val_loss, "epoch": epoch, "val_acc": val_acc,
                     "test_acc": float((prediction[test] == y[test]).float().mean())}
@@ -341,6 +387,9 @@ def train_run(args, hp, data, augmenter, seed, device, la):
         if epoch % 20 == 0:
             bar.set_postfix(val_loss=f"{best['val_loss']:.3f}", test=f"{best['test_acc']:.3f}")
     best["epochs_run"] = epoch + 1
+    if log is not None:
+        log.write()
+        log.plot(title=f"{'LA-' if la else ''}{args.model.upper()} {args.dataset}, seed {seed}")
     if trace is not None:
         best["trace"] = trace
     return best
@@ -366,17 +415,27 @@ def main(argv=None) -> dict:
     data.x_raw = data.x  # binary bag-of-words: what the generator models
     data.x = row_normalize(data.x)  # what the GNN sees (Kipf-style)
 
-    augmenter, generator_seconds = (fit_generator(args, data, device) if la else (None, 0.0))
-
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
     runs = []
     if args.resume and checkpoint is not None and checkpoint.is_file():
         runs = json.loads(checkpoint.read_text())["runs"]
+    seeds = {generator_seed(args, run) for run in range(len(runs), args.runs)}
+    if la and args.generator and "{seed}" not in args.generator and len(seeds) > 1:
+        raise ValueError(f"--generator: the runs fit {len(seeds)} generators (one per seed; --generator-seed not "
+                         f"given) but {args.generator} names one file; put {{seed}} in the path "
+                         f"(e.g. {args.dataset.lower()}_generator_{{seed}}.pt) or give --generator-seed")
+    augmenter, generator_seconds = None, 0.0
     for run in range(len(runs), args.runs):
+        seed = args.seed + run
+        if la and (augmenter is None or augmenter.metadata["seed"] != generator_seed(args, run)):
+            augmenter, seconds = fit_generator(args, data, device, generator_seed(args, run))
+            generator_seconds += seconds
+        log = TrainingLog(Path(args.out) / f"seed_{seed}") if args.out else None
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = train_run(args, hp, data, augmenter, args.seed + run, device, la)
+        result = train_run(args, hp, data, augmenter, seed, device, la, log=log)
         result["seconds"] = time.perf_counter() - start
         result["cpu_seconds"] = time.process_time() - cpu_start
+        result["generator_seed"] = generator_seed(args, run) if la else None
         runs.append(result)
         if not args.quiet:
             print(f"run {run}: test {result['test_acc']:.4f} val {result['val_acc']:.4f} epoch {result['epoch']} "
@@ -397,6 +456,7 @@ def main(argv=None) -> dict:
         "epochs_run_mean": round(sum(r["epochs_run"] for r in runs) / max(len(runs), 1), 1),
         "generator_seconds": round(generator_seconds, 2),
         "test_accs": [round(r["test_acc"] * 100, 1) for r in runs],
+        "generator_seeds": [r.get("generator_seed") for r in runs],
         "hyperparameters": hp, "sample_pool": args.sample_pool,
         "generation_dtype": str(generation_dtype(args.generation_dtype, device)).removeprefix("torch."),
         "input_dtype": str(input_dtype(args.input_dtype, args.model, device)).removeprefix("torch."),
@@ -412,4 +472,4 @@ if __name__ == "__main__":
         main()
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)

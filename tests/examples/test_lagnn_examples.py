@@ -4,21 +4,46 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.examples import load_example
 
 
-def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):
+def _cora(real_data):
     root = real_data / "graphs" / "planetoid"
     if not (root / "Cora" / "raw").is_dir():
         pytest.skip("Planetoid Cora fixture missing")
+    return root
+
+
+def _without_timing(runs):
+    return [{key: value for key, value in run.items() if key not in ("seconds", "cpu_seconds")} for run in runs]
+
+
+def assert_log_files(folder, epochs, columns):
+    """log.csv has one row per epoch with ``columns``; curve.png is a PNG that opens."""
+    from geoattn.train_log import read_csv_log
+
+    rows = read_csv_log(folder / "log.csv")
+    assert [row["epoch"] for row in rows] == [str(epoch) for epoch in range(1, epochs + 1)]
+    assert set(columns) <= set(rows[0]) and all(row[key] != "" for row in rows for key in columns)
+    picture = (folder / "curve.png").read_bytes()
+    assert picture.startswith(b"\x89PNG\r\n\x1a\n")
+    pil = pytest.importorskip("PIL.Image")
+    with pil.open(folder / "curve.png") as image:
+        assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):
+    root = _cora(real_data)
     example = load_example("planetoid_lagnn")
-    generator, checkpoint = tmp_path / "cora_generator.pt", tmp_path / "runs.json"
+    generator, checkpoint = tmp_path / "cora_generator_{seed}.pt", tmp_path / "runs.json"
     common = ["--root", str(root), "--dataset", "Cora", "--model", "gcn", "--epochs", "3", "--generator",
               str(generator), "--generator-steps", "3", "--checkpoint", str(checkpoint), "--quiet", "--json",
-              "--sample-pool", "2", "--trace"]
+              "--sample-pool", "2", "--trace", "--out", str(tmp_path / "logs")]
     first = example.main(common + ["--runs", "1"])
-    assert generator.is_file() and first["runs"] == 1 and first["generator_seconds"] > 0
+    assert (tmp_path / "cora_generator_0.pt").is_file() and first["runs"] == 1 and first["generator_seconds"] > 0
+    assert_log_files(tmp_path / "logs" / "seed_0", 3, ["loss", "val_loss", "val_acc"])
     # per epoch: val loss, val acc, test acc, then (loss, acc) on each half of the validation nodes
     trace = json.loads(checkpoint.read_text())["runs"][0]["trace"]
     assert len(trace) == 3 and all(len(epoch) == 7 for epoch in trace)
@@ -27,13 +52,51 @@ def test_planetoid_example_tiny_run_and_resume(real_data, tmp_path, capsys):
         assert epoch[0] == pytest.approx((epoch[3] + epoch[5]) / 2, abs=1e-4)
     assert 0.0 <= first["test_acc_mean"] <= 100.0 and first["epochs_run_mean"] == 3
     second = example.main(common + ["--runs", "2", "--resume"])
-    assert second["runs"] == 2 and second["generator_seconds"] == 0.0  # generator reloaded, run 0 reused
+    # run 0 reused from the checkpoint, run 1 fitted its own generator (seed 1)
+    assert second["runs"] == 2 and second["generator_seeds"] == [0, 1] and second["generator_seconds"] > 0
+    assert (tmp_path / "cora_generator_1.pt").is_file() and (tmp_path / "logs" / "seed_1" / "log.csv").is_file()
     assert second["test_accs"][0] == first["test_accs"][0]
+    again = example.main(common + ["--runs", "2", "--checkpoint", str(tmp_path / "again.json")])
+    assert again["generator_seconds"] == 0.0 and again["test_accs"] == second["test_accs"]  # both files reused
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert printed[-1]["runs"] == 2 and {"test_acc_mean", "test_acc_std", "seconds_per_run"} <= set(printed[-1])
     baseline = example.main(["--root", str(root), "--dataset", "Cora", "--model", "gat", "--no-la", "--epochs", "2",
                              "--runs", "1", "--quiet"])
     assert baseline["model"] == "gat" and baseline["generator_seconds"] == 0.0
+
+
+def test_planetoid_example_same_command_same_numbers(real_data, tmp_path):
+    """Two runs of one command agree bit for bit (generator fit included), and run r of --seed 0 is
+    --seed r on its own: each seed fits its own generator and nothing carries over between runs."""
+    root = _cora(real_data)
+    example = load_example("planetoid_lagnn")
+    common = ["--root", str(root), "--dataset", "Cora", "--model", "gcn", "--epochs", "4", "--generator-steps", "20",
+              "--quiet", "--sample-pool", "2", "--trace"]
+    results = []
+    for name, extra in (("a", ["--runs", "2"]), ("b", ["--runs", "2"]), ("c", ["--runs", "1", "--seed", "1"])):
+        torch.manual_seed(12345 + len(results))  # whatever the global generator holds must not matter
+        torch.rand(7)
+        example.main(common + extra + ["--checkpoint", str(tmp_path / f"{name}.json")])
+        results.append(_without_timing(json.loads((tmp_path / f"{name}.json").read_text())["runs"]))
+    first, second, alone = results
+    assert first == second
+    assert [run["generator_seed"] for run in first] == [0, 1]
+    assert alone == first[1:]
+    assert first[0]["trace"] != first[1]["trace"]  # the seeds do differ
+
+
+def test_planetoid_example_shared_generator_and_stale_files(real_data, tmp_path):
+    root = _cora(real_data)
+    example = load_example("planetoid_lagnn")
+    common = ["--root", str(root), "--dataset", "Cora", "--model", "gcn", "--epochs", "2", "--generator-steps", "3",
+              "--quiet", "--sample-pool", "2"]
+    single = tmp_path / "generator.pt"
+    with pytest.raises(ValueError, match=r"--generator: the runs fit 2 generators .*\{seed\}"):
+        example.main(common + ["--runs", "2", "--generator", str(single)])
+    shared = example.main(common + ["--runs", "2", "--generator", str(single), "--generator-seed", "5"])
+    assert shared["generator_seeds"] == [5, 5] and single.is_file()
+    with pytest.raises(ValueError, match=r"--generator: .*generator\.pt records the fit .*'seed': 5.*'seed': 0"):
+        example.main(common + ["--runs", "1", "--generator", str(single)])
 
 
 def test_planetoid_example_missing_root(tmp_path):
