@@ -92,7 +92,8 @@ def _version(module) -> str:
 
 
 def describe() -> dict[str, str]:
-    """Versions and active backends, as printed by ``geoattn info``."""
+    """Versions and active backends, as printed by ``geoattn info``. ``ValueError`` (from
+    :func:`forced_backend`) when ``GEOATTN_BACKEND`` names no backend."""
     import platform
 
     import torch
@@ -122,7 +123,7 @@ def describe() -> dict[str, str]:
     else:
         info["cuda device"] = "none (CPU only)"
     info["sla kernel"] = "triton (CUDA tensors), cpu (CPU tensors)" if tr is not None else "cpu"
-    forced = os.environ.get("GEOATTN_BACKEND")
+    forced = forced_backend()
     if forced:
         info["forced backend"] = forced
     info["threads"] = str(torch.get_num_threads())

@@ -9,7 +9,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from geoattn import __version__
     from geoattn.backends import describe
 
-    rows = {"geoattn": __version__, **describe()}
+    try:
+        rows = {"geoattn": __version__, **describe()}
+    except ValueError as exc:  # a bad GEOATTN_BACKEND
+        raise CLIError(str(exc)) from None
     width = max(len(k) for k in rows)
     for key, value in rows.items():
         print(f"{key:<{width}} : {value}")

@@ -10,6 +10,10 @@ one, and an interrupted write leaves no temporary file behind.
 Checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) are ``torch.save`` dictionaries written
 atomically and read back with ``weights_only=True``: tensors, numbers, strings, lists, tuples and dicts
 only, so loading a file from elsewhere cannot run code.
+
+Data pickles from other projects (mmdetection3d / OpenPCDet infos, Predator / GeoTransformer ``.pth``
+fragments and pair lists) are read by :func:`restricted_pickle_load`, the one restricted unpickler of
+geoattn: plain containers, numbers, strings and numpy arrays / scalars, nothing else.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "current_umask", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "figure_png", "current_umask", "save_checkpoint",
+           "load_checkpoint", "PickleRefusedError", "restricted_pickle_load"]
 
 
 def current_umask() -> int:
@@ -66,11 +70,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memory
     return path
 
 
-def atomic_write_figure(path: str | os.PathLike, figure, dpi: float | None = None) -> Path:
-    """Render a matplotlib ``figure`` to PNG in memory and write it with :func:`atomic_write_bytes`."""
+def figure_png(figure, dpi: float | None = None) -> bytes:
+    """A matplotlib ``figure`` rendered to PNG bytes in memory (so that a caller can render before it writes)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def atomic_write_figure(path: str | os.PathLike, figure, dpi: float | None = None) -> Path:
+    """Render a matplotlib ``figure`` to PNG in memory (:func:`figure_png`) and write it with
+    :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, figure_png(figure, dpi))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
@@ -154,3 +164,64 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a checkpoint dictionary, got {type(state).__name__}")
     return state
+
+
+#: The globals a data pickle may name: numpy arrays, dtypes and scalars (numpy 1.x and 2.x module paths), the
+#: byte-string helper protocol-2 pickles use for numpy buffers, and OrderedDict.
+PICKLE_ALLOWED_GLOBALS = frozenset({
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+})
+
+
+class PickleRefusedError(ValueError, pickle.UnpicklingError):
+    """A data pickle that names a global outside :data:`PICKLE_ALLOWED_GLOBALS`, or cannot be parsed (cut short,
+    not a pickle). Both a ``ValueError`` (one-line user error) and a ``pickle.UnpicklingError``."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in PICKLE_ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only plain containers and numpy arrays "
+                                     "are allowed)")
+
+
+def _torch_zip_globals() -> list:
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *{type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGSUV"}]
+
+
+def restricted_pickle_load(path: str | os.PathLike, what: str = "pickle"):
+    """The object in the pickle file ``path``, built from plain containers, numbers, strings and numpy
+    arrays / scalars only (a ``torch.save`` zip file is read with the weights-only loader, numpy allowed).
+
+    Raises ``FileNotFoundError`` naming the file when it is missing and :class:`PickleRefusedError` naming
+    the file (and ``what`` it should be, e.g. ``"info pickle"``) for any other class in the pickle -- whose
+    code is then never run -- and for a file that is empty, cut short or not a pickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what} file")
+    data = path.read_bytes()
+    try:
+        if data[:2] == b"PK":
+            with torch.serialization.safe_globals(_torch_zip_globals()):
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except Exception as error:  # a corrupt pickle raises many types (EOFError, KeyError, struct.error, ...)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        # torch's weights-only refusal spreads over many lines; the one naming the global is the useful one
+        first = next((line for line in lines if "Unsupported global" in line), lines[0])
+        raise PickleRefusedError(f"{path}: not a readable {what} ({type(error).__name__}: {first})") from None

@@ -24,3 +24,10 @@ def test_unknown_command_exits_non_zero():
     with pytest.raises(SystemExit) as excinfo:
         cli.main(["no-such-command"])
     assert excinfo.value.code != 0
+
+
+def test_info_refuses_an_unknown_backend_in_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("GEOATTN_BACKEND", "bogus")
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert "GEOATTN_BACKEND" in err and "'bogus'" in err and err.count("\n") == 1

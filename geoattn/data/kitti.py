@@ -19,7 +19,6 @@ Frames:
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geoattn.io import atomic_write_bytes, atomic_write_text
+from geoattn.data.points import checked_points
+from geoattn.io import PickleRefusedError, atomic_write_bytes, atomic_write_text, restricted_pickle_load
 from geoattn.sparse.boxes import limit_angle
 
 __all__ = [
@@ -66,24 +66,33 @@ def _as_path(path, name: str) -> Path:
 
 
 def read_velodyne(path, num_features: int = 4) -> Tensor:
-    """A KITTI ``.bin`` point cloud: float32 ``[N, num_features]`` (x, y, z, reflectance, ...)."""
+    """A KITTI ``.bin`` point cloud: float32 ``[N, num_features]`` (x, y, z, reflectance, ...).
+
+    ``ValueError`` naming the file when its size is not a whole number of points or a value is NaN or infinite
+    (:func:`geoattn.data.points.checked_points`; an empty file gives ``[0, num_features]``)."""
     path = _as_path(path, "path")
     raw = np.fromfile(path, dtype=np.float32)
     if raw.size % num_features != 0:
         raise ValueError(f"path: {path} holds {raw.size} float32 values, not a multiple of "
                          f"num_features={num_features}")
-    return torch.from_numpy(raw.reshape(-1, num_features).copy())
+    return checked_points(raw.reshape(-1, num_features), path, columns=None, allow_empty=True)
 
 
 def read_image(path) -> Tensor:
-    """An RGB image as uint8 ``[H, W, 3]`` (palette and grey images are converted to RGB)."""
+    """An RGB image as uint8 ``[H, W, 3]`` (palette and grey images are converted to RGB). ``ValueError``
+    naming the file when it is not an image or is cut short."""
     path = _as_path(path, "path")
     try:
         from PIL import Image
     except ImportError as error:  # pragma: no cover - pillow ships with matplotlib
         raise ImportError("reading images needs pillow: pip install 'geoattn[point]'") from error
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's corrupt-file errors
+        raise ValueError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
     return torch.from_numpy(array.copy())
 
 
@@ -131,23 +140,53 @@ class KittiCalibration:
 def read_calib(path) -> KittiCalibration:
     """A KITTI ``calib/<frame>.txt`` (``P0..P3``, ``R0_rect``, ``Tr_velo_to_cam``, ``Tr_imu_to_velo``)."""
     path = _as_path(path, "path")
-    values: dict[str, list[float]] = {}
-    for line in path.read_text().splitlines():
-        if ":" not in line:
+    sizes = {**{f"P{i}": (3, 4) for i in range(4)}, "R0_rect": (3, 3), "Tr_velo_to_cam": (3, 4),
+             "Tr_imu_to_velo": (3, 4)}
+    matrices: dict[str, Tensor] = {}
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
             continue
-        key, rest = line.split(":", 1)
-        values[key.strip()] = [float(v) for v in rest.split()]
-    missing = [key for key in ("P0", "P1", "P2", "P3", "R0_rect", "Tr_velo_to_cam") if key not in values]
+        if ":" not in line:
+            raise ValueError(f"{path}:{number}: expected 'KEY: values', got {line[:60]!r}")
+        key, rest = (part.strip() for part in line.split(":", 1))
+        if key not in sizes:  # other entries (calib_time, ...) are not used
+            continue
+        rows, cols = sizes[key]
+        values = _parse_floats(path, number, rest.split(), f"{key} value")
+        if len(values) != rows * cols:
+            raise ValueError(f"{path}:{number}: {key}: expected {rows * cols} values ({rows}x{cols}), got {len(values)}")
+        matrices[key] = _homogeneous(values, rows, cols, key)
+    missing = [key for key in ("P0", "P1", "P2", "P3", "R0_rect", "Tr_velo_to_cam") if key not in matrices]
     if missing:
         raise ValueError(f"path: {path} lacks calibration entries {missing}")
-    projections = torch.stack([_homogeneous(values[f"P{i}"], 3, 4, f"P{i}") for i in range(4)])
-    imu = values.get("Tr_imu_to_velo")
     return KittiCalibration(
-        P=projections,
-        R0_rect=_homogeneous(values["R0_rect"], 3, 3, "R0_rect"),
-        Tr_velo_to_cam=_homogeneous(values["Tr_velo_to_cam"], 3, 4, "Tr_velo_to_cam"),
-        Tr_imu_to_velo=_homogeneous(imu, 3, 4, "Tr_imu_to_velo") if imu is not None else None,
+        P=torch.stack([matrices[f"P{i}"] for i in range(4)]),
+        R0_rect=matrices["R0_rect"],
+        Tr_velo_to_cam=matrices["Tr_velo_to_cam"],
+        Tr_imu_to_velo=matrices.get("Tr_imu_to_velo"),
     )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
+
+
+def _parse_floats(path: Path, number: int, tokens: list[str], what: str, first: int = 1) -> list[float]:
+    """The finite floats of ``tokens`` (line ``number`` of ``path``, ``first`` the column number of the first
+    token), or a ``ValueError`` naming the line and the column."""
+    values = []
+    for column, token in enumerate(tokens, start=first):
+        try:
+            value = float(token)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{path}:{number}: {what} {column}: expected a finite number, got {token!r}")
+        values.append(value)
+    return values
 
 
 @dataclass
@@ -185,16 +224,17 @@ def read_label(path) -> KittiLabels:
     """A KITTI ``label_2/<frame>.txt`` (15 columns, a 16th score column for detections)."""
     path = _as_path(path, "path")
     names, rows, scores = [], [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) not in (15, 16):
             raise ValueError(f"path: {path}:{number}: expected 15 or 16 columns, got {len(parts)}")
         names.append(parts[0])
-        rows.append([float(v) for v in parts[1:15]])
+        values = _parse_floats(path, number, parts[1:], "column", first=2)
+        rows.append(values[:14])
         if len(parts) == 16:
-            scores.append(float(parts[15]))
+            scores.append(values[14])
     table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 14)
     height, width, length = table[:, 7], table[:, 8], table[:, 9]
     boxes = torch.stack([table[:, 10], table[:, 11], table[:, 12], length, height, width, table[:, 13]], 1)
@@ -425,45 +465,19 @@ def boxes_lidar_to_camera(boxes_lidar: Tensor, lidar2cam: Tensor) -> Tensor:
 # mmdetection3d info pickles
 # ---------------------------------------------------------------------------------------------------------
 
-_ALLOWED_GLOBALS = {
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("_codecs", "encode"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _InfoUnpickler(pickle.Unpickler):
-    """Unpickler that builds only containers, numbers, strings and numpy arrays/scalars."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an info pickle "
-                                     "(only plain containers and numpy arrays are allowed)")
-
-
 def load_info_pickle(path) -> dict | list:
     """Read an mmdetection3d info pickle (or calib pickle) without importing mmdet3d.
 
-    Only dicts/lists/tuples, numbers, strings and numpy arrays/scalars are accepted; any other class in the
-    pickle raises :class:`InfoPickleError` (a ``ValueError`` and a ``pickle.UnpicklingError``) naming the file
-    instead of running its code, and so does a file that is not a pickle at all or is cut short.
+    Only dicts/lists/tuples, numbers, strings and numpy arrays/scalars are accepted
+    (:func:`geoattn.io.restricted_pickle_load`); any other class in the pickle raises :class:`InfoPickleError`
+    (a ``ValueError`` and a ``pickle.UnpicklingError``) naming the file instead of running its code, and so
+    does a file that is not a pickle at all or is cut short.
     """
-    path = _as_path(path, "path")
-    with open(path, "rb") as handle:
-        try:
-            return _InfoUnpickler(handle).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError) as error:
-            raise InfoPickleError(f"{path}: not a readable info pickle ({error})") from None
+    return restricted_pickle_load(_as_path(path, "path"), "info pickle")
 
 
-class InfoPickleError(ValueError, pickle.UnpicklingError):
-    """An info pickle that is refused (a class outside the allow-list) or cannot be parsed."""
+#: The error of a refused or unreadable info pickle (the name under which geoattn.data.kitti has always raised it).
+InfoPickleError = PickleRefusedError
 
 
 @dataclass
@@ -501,21 +515,21 @@ class KittiFrame:
 
 def load_kitti_frame(root, frame_id, split: str = "training", load_image: bool = True,
                      num_features: int = 4) -> KittiFrame:
-    """Read ``<root>/<split>/{velodyne,image_2,calib,label_2}/<frame_id>`` (``split`` may be ``''``)."""
+    """Read ``<root>/<split>/{velodyne,image_2,calib,label_2}/<frame_id>`` (``split`` may be ``''``).
+
+    With ``load_image=False`` the image is not decoded: ``image_hw`` comes from the PNG header (24 bytes), or
+    is ``(0, 0)`` (unknown, as for an mmdet3d info without image sizes) when there is no image file."""
     root = _as_path(root, "root")
     base = root / split if split else root
     name = f"{int(frame_id):06d}" if str(frame_id).isdigit() else str(frame_id)
     points = read_velodyne(base / "velodyne" / f"{name}.bin", num_features)
     calib = read_calib(base / "calib" / f"{name}.txt")
     image_path = base / "image_2" / f"{name}.png"
-    image = read_image(image_path) if load_image else None
-    if image is not None:
+    if load_image:
+        image = read_image(image_path)
         image_hw = (int(image.shape[0]), int(image.shape[1]))
     else:
-        from PIL import Image
-
-        with Image.open(_as_path(image_path, "image")) as handle:
-            image_hw = (handle.height, handle.width)
+        image, image_hw = None, _png_size(image_path) if image_path.exists() else (0, 0)
     label_path = base / "label_2" / f"{name}.txt"
     if label_path.exists():
         labels = read_label(label_path).without_dontcare()
@@ -533,6 +547,15 @@ def load_kitti_frame(root, frame_id, split: str = "training", load_image: bool =
         boxes_camera=labels.boxes_camera, image_hw=image_hw, num_lidar_pts=None, sample_id=name,
         extra={"calib": calib},
     )
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` from a PNG's signature and IHDR chunk; ``ValueError`` naming the file when they are not there."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG image (no PNG signature and IHDR header in its first 24 bytes)")
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
 
 
 def _resolve(root: Path, relative: str, subdirs: tuple[str, ...]) -> Path:
@@ -557,50 +580,114 @@ def load_mmdet3d_frame(info_path, index: int = 0, root=None, load_image: bool = 
     if not isinstance(info, dict) or "data_list" not in info:
         raise ValueError(f"info_path: {info_path} is not an mmdetection3d v1.x info pickle "
                          "(expected a dict with 'data_list')")
-    metainfo = info.get("metainfo", {})
+    metainfo = _info_dict(info_path, info, "metainfo", "", {})
     dataset = str(metainfo.get("dataset", metainfo.get("DATASET", "kitti")))
     if dataset.lower() != "kitti":
         raise ValueError(f"info_path: {info_path} is a {dataset!r} info pickle; this reader handles KITTI infos "
                          "(camera-frame bbox_3d) only")
-    class_names = {index: name for name, index in metainfo.get("categories", {}).items()}
+    class_names = {index: name for name, index in _info_dict(info_path, metainfo, "categories", "metainfo",
+                                                              {}).items()}
     frames = info["data_list"]
+    if not isinstance(frames, (list, tuple)):
+        raise ValueError(f"{info_path}: 'data_list': expected a list of frames, got {type(frames).__name__}")
     if not -len(frames) <= index < len(frames):
         raise IndexError(f"index: {index} out of range for {len(frames)} frames")
+    where = f"data_list[{index}]"
     entry = frames[index]
-    lidar = entry["lidar_points"]
-    num_features = int(lidar.get("num_pts_feats", 4))
-    points = read_velodyne(_resolve(root, lidar["lidar_path"], ("training/velodyne", "velodyne")), num_features)
-    images = entry.get("images", {})
-    if camera not in images or "lidar2img" not in images[camera]:
-        raise ValueError(f"camera: {camera!r} has no calibration in {info_path} (has {sorted(images)})")
-    lidar2img = {name: torch.tensor(np.asarray(cam["lidar2img"], dtype=np.float64))
-                 for name, cam in images.items() if "lidar2img" in cam}
-    cam = images[camera]
+    if not isinstance(entry, dict):
+        raise ValueError(f"{info_path}: {where}: expected a dict, got {type(entry).__name__}")
+    lidar = _info_dict(info_path, entry, "lidar_points", where)
+    num_features = int(_info_array(info_path, lidar, "num_pts_feats", f"{where}.lidar_points", (), 4))
+    lidar_path = _info_value(info_path, lidar, "lidar_path", f"{where}.lidar_points", str)
+    points = read_velodyne(_resolve(root, lidar_path, ("training/velodyne", "velodyne")), num_features)
+    images = _info_dict(info_path, entry, "images", where, {})
+    cameras = {name: cam for name, cam in images.items() if isinstance(cam, dict)}
+    if camera not in cameras or "lidar2img" not in cameras[camera]:
+        raise ValueError(f"camera: {camera!r} has no calibration in {info_path} (has {sorted(cameras)})")
+    lidar2img = {name: torch.from_numpy(_info_array(info_path, cam, "lidar2img", f"{where}.images.{name}", (4, 4)))
+                 for name, cam in cameras.items() if "lidar2img" in cam}
+    cam = cameras[camera]
     if "lidar2cam" in cam:
-        lidar2cam = torch.tensor(np.asarray(cam["lidar2cam"], dtype=np.float64))
+        lidar2cam = torch.from_numpy(_info_array(info_path, cam, "lidar2cam", f"{where}.images.{camera}", (4, 4)))
     else:
-        rect = torch.tensor(np.asarray(images["R0_rect"], dtype=np.float64))
-        lidar2cam = rect @ torch.tensor(np.asarray(lidar["Tr_velo_to_cam"], dtype=np.float64))
+        rect = torch.from_numpy(_info_array(info_path, images, "R0_rect", f"{where}.images", (4, 4)))
+        lidar2cam = rect @ torch.from_numpy(_info_array(info_path, lidar, "Tr_velo_to_cam", f"{where}.lidar_points",
+                                                        (4, 4)))
     image = None
-    image_hw = (int(cam.get("height", 0)), int(cam.get("width", 0)))
+    image_hw = (int(_info_array(info_path, cam, "height", f"{where}.images.{camera}", (), 0)),
+                int(_info_array(info_path, cam, "width", f"{where}.images.{camera}", (), 0)))
     if load_image and "img_path" in cam:
-        image = read_image(_resolve(root, cam["img_path"], ("training/image_2", "image_2")))
+        img_path = _info_value(info_path, cam, "img_path", f"{where}.images.{camera}", str)
+        image = read_image(_resolve(root, img_path, ("training/image_2", "image_2")))
         image_hw = (int(image.shape[0]), int(image.shape[1]))
-    instances = [inst for inst in entry.get("instances", []) if inst.get("bbox_label_3d", -1) >= 0]
-    as_tensor = lambda key, dtype=torch.float64, width=None: torch.tensor(  # noqa: E731
-        [inst[key] for inst in instances], dtype=dtype).reshape(-1, width) if width else torch.tensor(
-        [inst[key] for inst in instances], dtype=dtype)
-    boxes_camera = as_tensor("bbox_3d", width=7)
+    raw_instances = entry.get("instances", [])
+    if not isinstance(raw_instances, (list, tuple)) or not all(isinstance(i, dict) for i in raw_instances):
+        raise ValueError(f"{info_path}: {where}.instances: expected a list of dicts")
+    chosen = [(k, inst) for k, inst in enumerate(raw_instances)
+              if int(_info_array(info_path, inst, "bbox_label_3d", f"{where}.instances[{k}]", (), -1)) >= 0]
+
+    def column(key: str, shape: tuple, dtype=torch.float64) -> Tensor:
+        values = [_info_array(info_path, inst, key, f"{where}.instances[{k}]", shape) for k, inst in chosen]
+        return torch.from_numpy(np.stack(values) if values else np.zeros((0,) + shape)).to(dtype)
+
+    boxes_camera = column("bbox_3d", (7,))
     names = class_names or dict(enumerate(KITTI_CLASSES))
-    labels = [names.get(inst["bbox_label_3d"], str(inst["bbox_label_3d"])) for inst in instances]
+    labels = [names.get(int(inst["bbox_label_3d"]), str(inst["bbox_label_3d"])) for _, inst in chosen]
+    cam2img = {name: torch.from_numpy(_info_array(info_path, c, "cam2img", f"{where}.images.{name}", None))
+               for name, c in cameras.items() if "cam2img" in c}
     return KittiFrame(
         points=points, image=image, lidar2img=lidar2img, lidar2cam=lidar2cam,
         boxes=boxes_camera_to_lidar(boxes_camera, lidar2cam), labels=labels,
-        truncated=as_tensor("truncated"), occluded=as_tensor("occluded", torch.long),
+        truncated=column("truncated", ()), occluded=column("occluded", (), torch.long),
         boxes_camera=boxes_camera, image_hw=image_hw,
-        num_lidar_pts=as_tensor("num_lidar_pts", torch.long) if all(
-            "num_lidar_pts" in inst for inst in instances) else None,
+        num_lidar_pts=column("num_lidar_pts", (), torch.long) if all(
+            "num_lidar_pts" in inst for _, inst in chosen) else None,
         sample_id=str(entry.get("sample_idx", entry.get("sample_id", index))),
-        extra={"cam2img": {name: torch.tensor(np.asarray(c["cam2img"], dtype=np.float64))
-                           for name, c in images.items() if isinstance(c, dict) and "cam2img" in c}},
+        extra={"cam2img": cam2img},
     )
+
+
+_MISSING = object()
+
+
+def _info_value(path: Path, mapping: dict, key: str, where: str, kind: type, default=_MISSING):
+    """``mapping[key]`` of an info pickle, checked to be a ``kind``; ``ValueError`` naming the file and the
+    key path when it is missing (without a default) or of another type."""
+    if key not in mapping:
+        if default is _MISSING:
+            raise ValueError(f"{path}: {where + '.' if where else ''}{key}: missing key")
+        return default
+    value = mapping[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: {where + '.' if where else ''}{key}: expected a {kind.__name__}, got "
+                         f"{type(value).__name__}")
+    return value
+
+
+def _info_dict(path: Path, mapping: dict, key: str, where: str, default=_MISSING) -> dict:
+    return _info_value(path, mapping, key, where, dict, default)
+
+
+def _info_array(path: Path, mapping: dict, key: str, where: str, shape: tuple | None, default=_MISSING) -> np.ndarray:
+    """``mapping[key]`` as a finite float64 array of ``shape`` (``None``: a 3x3, 3x4 or 4x4 matrix; ``()``: a
+    number); ``ValueError`` naming the file, the key path, the expected and the actual shape."""
+    name = f"{where + '.' if where else ''}{key}"
+    if key not in mapping:
+        if default is _MISSING:
+            raise ValueError(f"{path}: {name}: missing key")
+        return np.asarray(default, dtype=np.float64)
+    try:
+        array = np.asarray(mapping[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {name}: expected numbers, got {type(mapping[key]).__name__}") from None
+    if shape is None:
+        if array.shape not in ((3, 3), (3, 4), (4, 4)):
+            raise ValueError(f"{path}: {name}: expected a 3x3, 3x4 or 4x4 matrix, got shape {list(array.shape)}")
+        shape = array.shape
+    elif array.size == int(np.prod(shape)) and array.shape != shape:
+        array = array.reshape(shape)  # e.g. a [1, 7] box or a 16-vector matrix
+    if array.shape != shape:
+        raise ValueError(f"{path}: {name}: expected shape {list(shape)}, got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: {name}: holds NaN or infinite values")
+    return array

@@ -19,13 +19,14 @@ that only admits numpy arrays and plain containers, never arbitrary objects.
 """
 from __future__ import annotations
 
-import io
-import pickle
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from geoattn.data.points import checked_points, read_point_file
+from geoattn.io import atomic_write_bytes, restricted_pickle_load
 
 __all__ = [
     "LogEntry",
@@ -51,20 +52,39 @@ class LogEntry(NamedTuple):
     transform: torch.Tensor
 
 
-def _blocks(path: Path, rows: int) -> list[tuple[list[int], np.ndarray]]:
+def _text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
+
+
+def _numbers(path: Path, number: int, tokens: list[str], count: int, kind: type, what: str) -> list:
+    """``count`` values of type ``kind`` from line ``number``'s tokens, or a ``ValueError`` naming the line."""
+    if len(tokens) != count:
+        raise ValueError(f"{path}: line {number}: expected {what} ({count} values), got {' '.join(tokens)!r}")
+    try:
+        values = [kind(token) for token in tokens]
+    except ValueError:
+        raise ValueError(f"{path}: line {number}: expected {what} ({count} {kind.__name__} values), got "
+                         f"{' '.join(tokens)!r}") from None
+    if kind is float and not all(np.isfinite(values)):
+        raise ValueError(f"{path}: line {number}: expected finite numbers, got {' '.join(tokens)!r}")
+    return values
+
+
+def _blocks(path: Path, rows: int) -> list[tuple[list[int], np.ndarray]]:
+    lines = [(number, line.split()) for number, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
     if len(lines) % (rows + 1) != 0:
         raise ValueError(f"{path}: expected blocks of {rows + 1} lines, got {len(lines)} lines")
     blocks = []
     for start in range(0, len(lines), rows + 1):
-        header = [int(float(v)) for v in lines[start][:3]]
-        if len(header) != 3:
-            raise ValueError(f"{path}: line {start + 1}: expected 'i j n', got {' '.join(lines[start])!r}")
-        matrix = np.array([[float(v) for v in row] for row in lines[start + 1:start + 1 + rows]])
-        if matrix.shape != (rows, rows):
-            raise ValueError(f"{path}: block at line {start + 1}: expected a {rows}x{rows} matrix, got {matrix.shape}")
+        number, tokens = lines[start]
+        header = _numbers(path, number, tokens, 3, int, "'i j n'")
+        matrix = np.array([_numbers(path, row_number, row, rows, float, f"a row of a {rows}x{rows} matrix")
+                           for row_number, row in lines[start + 1:start + 1 + rows]])
         blocks.append((header, matrix))
     return blocks
 
@@ -76,8 +96,6 @@ def read_gt_log(path: str | Path) -> list[LogEntry]:
 
 def write_gt_log(path: str | Path, entries: list[LogEntry]) -> None:
     """Write entries in the ``gt.log`` format (used for estimated trajectories too)."""
-    from geoattn.registration.io import atomic_write_bytes
-
     lines = []
     for entry in entries:
         lines.append(f"{entry.i}\t{entry.j}\t{entry.num_fragments}")
@@ -93,16 +111,15 @@ def read_gt_info(path: str | Path) -> dict[tuple[int, int], torch.Tensor]:
 def read_gt_overlap(path: str | Path) -> dict[tuple[int, int], float]:
     """Parse ``gt_overlap.log`` lines ``i,j,overlap`` (commas or whitespace)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     result = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_text(path).splitlines(), 1):
         fields = line.replace(",", " ").split()
         if not fields:
             continue
         if len(fields) != 3:
             raise ValueError(f"{path}: line {number}: expected 'i,j,overlap', got {line!r}")
-        result[(int(fields[0]), int(fields[1]))] = float(fields[2])
+        i, j = _numbers(path, number, fields[:2], 2, int, "'i,j,overlap'")
+        result[(i, j)] = _numbers(path, number, fields[2:], 1, float, "'i,j,overlap'")[0]
     return result
 
 
@@ -135,45 +152,49 @@ def fragment_path(root: str | Path, scene: str, index: int) -> Path:
                             "under fragments/)")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from an untrusted pickle")
-
-
 def safe_pickle_load(path: str | Path):
-    """Load a pickle (or a ``torch.save`` zip of numpy data) admitting only numpy arrays and containers."""
-    path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == b"PK":  # zip-format torch file: weights-only torch.load with numpy reconstruction allowed
-        from numpy.core.multiarray import _reconstruct
-
-        with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+    """Load a pickle (or a ``torch.save`` zip of numpy data) admitting only numpy arrays and containers
+    (:func:`geoattn.io.restricted_pickle_load`; a refused or unreadable file is a
+    :class:`~geoattn.io.PickleRefusedError`, a ``ValueError`` naming the file)."""
+    return restricted_pickle_load(path)
 
 
 def read_fragment(path: str | Path) -> torch.Tensor:
-    """Points ``[N, 3]`` float32 of a fragment (``.pth`` pickled numpy array, ``.ply``, ``.pcd`` or ``.npy``)."""
+    """Points ``[N, 3]`` float32 of a fragment (``.pth`` pickled numpy array or tensor, or any point file of
+    :func:`geoattn.data.points.read_point_file`), validated by :func:`geoattn.data.points.checked_points`."""
     path = Path(path)
     if path.suffix == ".pth":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         array = safe_pickle_load(path)
-        array = array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-        if array.ndim != 2 or array.shape[1] < 3:
-            raise ValueError(f"{path}: expected an [N, 3] array, got shape {array.shape}")
-        return torch.from_numpy(np.ascontiguousarray(array[:, :3], dtype=np.float32))
-    from geoattn.registration.io import read_point_cloud
+        if isinstance(array, torch.Tensor):
+            array = array.detach().cpu().numpy()
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{path}: expected a pickled [N, 3] array of points, got {type(array).__name__}")
+        return checked_points(array, path)
+    return read_point_file(path)
 
-    return read_point_cloud(path)
+
+def _entry(path: Path, entry, index: int, keys: tuple[str, ...]) -> dict:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: pair {index}: expected a dict with {', '.join(keys)}, got {type(entry).__name__}")
+    missing = [key for key in keys if key not in entry]
+    if missing:
+        raise ValueError(f"{path}: pair {index}: missing key(s) {', '.join(map(repr, missing))}")
+    return entry
+
+
+def _pair_transform(path: Path, index: int, rotation, translation) -> torch.Tensor:
+    try:
+        rotation = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+        translation = np.asarray(translation, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: pair {index}: expected a 3x3 rotation and a 3-vector translation, got shapes "
+                         f"{np.shape(rotation)} and {np.shape(translation)}") from None
+    transform = torch.eye(4, dtype=torch.float64)
+    transform[:3, :3] = torch.from_numpy(rotation)
+    transform[:3, 3] = torch.from_numpy(translation)
+    return transform
 
 
 class ThreeDMatchPairs(torch.utils.data.Dataset):
@@ -191,24 +212,31 @@ class ThreeDMatchPairs(torch.utils.data.Dataset):
         predator = [self.root / f"{split}_info.pkl", self.root / "configs" / "indoor" / f"{split}_info.pkl"]
         self.items: list[tuple[Path, Path, torch.Tensor, float]] = []
         if geotr.is_file():
-            for entry in safe_pickle_load(geotr):
-                transform = torch.eye(4, dtype=torch.float64)
-                transform[:3, :3] = torch.as_tensor(np.asarray(entry["rotation"]), dtype=torch.float64)
-                transform[:3, 3] = torch.as_tensor(np.asarray(entry["translation"]).reshape(3), dtype=torch.float64)
+            entries = safe_pickle_load(geotr)
+            if not isinstance(entries, (list, tuple)):
+                raise ValueError(f"{geotr}: expected a list of pairs, got {type(entries).__name__}")
+            for index, entry in enumerate(entries):
+                entry = _entry(geotr, entry, index, ("pcd0", "pcd1", "rotation", "translation", "overlap"))
+                transform = _pair_transform(geotr, index, entry["rotation"], entry["translation"])
                 data = self.root / "data"
-                self.items.append((data / entry["pcd1"], data / entry["pcd0"], transform, float(entry["overlap"])))
+                self.items.append((data / str(entry["pcd1"]), data / str(entry["pcd0"]), transform,
+                                   float(entry["overlap"])))
         else:
             info_path = next((p for p in predator if p.is_file()), None)
             if info_path is None:
                 raise FileNotFoundError(f"{self.root}: no metadata/{split}.pkl (GeoTransformer) or "
                                         f"{split}_info.pkl (Predator) pair list")
-            info = safe_pickle_load(info_path)
-            for src, tgt, rot, trans, overlap in zip(info["src"], info["tgt"], info["rot"], info["trans"],
-                                                     info["overlap"]):
-                transform = torch.eye(4, dtype=torch.float64)
-                transform[:3, :3] = torch.as_tensor(np.asarray(rot), dtype=torch.float64)
-                transform[:3, 3] = torch.as_tensor(np.asarray(trans).reshape(3), dtype=torch.float64)
-                self.items.append((self.root / src, self.root / tgt, transform, float(overlap)))
+            keys = ("src", "tgt", "rot", "trans", "overlap")
+            info = _entry(info_path, safe_pickle_load(info_path), 0, keys)
+            bad = [key for key in keys if not isinstance(info[key], (list, tuple, np.ndarray))]
+            if bad:
+                raise ValueError(f"{info_path}: expected lists under {', '.join(map(repr, bad))}")
+            lengths = {key: len(info[key]) for key in keys}
+            if len(set(lengths.values())) != 1:
+                raise ValueError(f"{info_path}: the lists differ in length ({lengths})")
+            for index, (src, tgt, rot, trans, overlap) in enumerate(zip(*(info[key] for key in keys))):
+                transform = _pair_transform(info_path, index, rot, trans)
+                self.items.append((self.root / str(src), self.root / str(tgt), transform, float(overlap)))
         self.items = [item for item in self.items if item[3] >= min_overlap]
 
     def __len__(self) -> int:

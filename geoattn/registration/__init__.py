@@ -9,7 +9,8 @@ from __future__ import annotations
 from geoattn._exports import lazy_exports
 
 _EXPORTS = {
-    "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "read_point_cloud", "write_transform"],
+    "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "check_cloud", "check_downsampled", "json_dumps", "read_point_cloud",
+           "write_transform"],
     "losses": ["overlap_circle_loss", "patch_overlaps", "transport_labels", "transport_nll_loss"],
     "matching": ["Correspondences", "Patches", "fine_correspondences", "partition_points_to_nodes", "patch_scores",
                  "superpoint_matching"],
@@ -21,7 +22,7 @@ _EXPORTS = {
     "pose": ["PoseEstimate", "compatibility_registration", "local_to_global_registration", "point_to_plane_icp",
              "ransac_registration", "refine_pose"],
     "fpfh": ["fpfh_registration", "icp_refine"],
-    "render": ["render_alignment"],
+    "render": ["alignment_png", "render_alignment"],
     "evaluation": ["evaluate_3dmatch"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

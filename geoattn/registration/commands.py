@@ -1,14 +1,17 @@
 """Logic behind ``geoattn register`` and ``geoattn evaluate-3dmatch`` (the CLI module only wires it up).
 
 Errors a user can cause (missing or unreadable files, empty clouds, NaNs, bad options) surface as
-``ValueError``/``OSError`` with a one-line message; :mod:`geoattn.cli` prints it and exits non-zero.
+``ValueError``/``OSError`` with a one-line message; :mod:`geoattn.cli` prints it and exits 2. Every output
+argument is checked before any work, outputs are written only once everything has been computed, and JSON
+is strict (NaN is written as ``null``).
 Imports of torch and friends happen inside the functions so that ``geoattn --help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import math
+import os
 from pathlib import Path
 
 from geoattn.backends import check_device
@@ -51,17 +54,43 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _check_outputs(inputs: list[Path], outputs: dict[str, Path | None], suffixes: dict[str, tuple[str, ...]]) -> None:
+    """Refuse, before any work, every output argument that could not be written or would destroy something:
+    an input file, a wrong suffix, a folder or other non-file, a folder that cannot be created or written,
+    two outputs on one path, and (``--render``) an existing file that is not a PNG picture."""
     resolved = {p.resolve() for p in inputs}
+    seen: dict[Path, str] = {}
     for option, path in outputs.items():
         if path is None:
             continue
-        if path.resolve() in resolved:
+        target = path.resolve()
+        if target in resolved:
             raise ValueError(f"{option} {path}: refusing to overwrite an input file")
+        if target in seen:
+            raise ValueError(f"{option} {path}: the same file as {seen[target]}")
+        seen[target] = option
         if path.suffix.lower() not in suffixes[option]:
             raise ValueError(f"{option} {path}: expected a file ending in {' or '.join(suffixes[option])}")
-        if path.exists() and path.is_dir():
+        if path.is_dir():
             raise ValueError(f"{option} {path}: is a folder")
+        if path.exists() and not path.is_file():
+            raise ValueError(f"{option} {path}: exists and is not a regular file")
+        if path.is_file() and suffixes[option] == (".png",):
+            with open(path, "rb") as handle:
+                if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+                    raise ValueError(f"{option} {path}: exists and is not a PNG picture; refusing to overwrite it")
+        folder = target.parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ValueError(f"{option} {path}: cannot create its folder ({folder} is a file)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {path}: the folder {folder} is not writable")
+    if outputs.get("--render") is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--render: needs matplotlib (pip install 'geoattn[plot]')")
 
 
 def _make_registrar(args: argparse.Namespace):
@@ -90,7 +119,7 @@ def _make_registrar(args: argparse.Namespace):
 def run_register(args: argparse.Namespace) -> int:
     import torch
 
-    from geoattn.registration.io import read_point_cloud, write_transform
+    from geoattn.registration.io import atomic_write_bytes, json_dumps, read_point_cloud, write_transform
     from geoattn.registration.metrics import relative_rotation_error, relative_translation_error
 
     check_device(args.device)
@@ -124,17 +153,20 @@ def run_register(args: argparse.Namespace) -> int:
         report["demo"] = {"seed": args.demo_seed, "rre_deg": float(relative_rotation_error(result.transform, truth)),
                           "rte": float(relative_translation_error(result.transform, truth)),
                           "ground_truth": truth.tolist()}
+    picture = None
+    if args.render is not None:  # rendered before anything is written: a failure leaves no --out behind
+        from geoattn.registration.render import alignment_png
+
+        picture = alignment_png(src, tgt, result.transform,
+                                title=f"{result.method}: {result.num_correspondences} correspondences, "
+                                      f"{'inlier ratio' if result.method == 'roitr' else 'fitness'} "
+                                      f"{result.inlier_ratio:.2f}, {result.seconds:.2f} s")
     if args.out is not None:
         write_transform(args.out, result.transform, extra={k: v for k, v in report.items() if k != "transform"})
-    if args.render is not None:
-        from geoattn.registration.render import render_alignment
-
-        render_alignment(src, tgt, result.transform, args.render,
-                         title=f"{result.method}: {result.num_correspondences} correspondences, "
-                               f"{'inlier ratio' if result.method == 'roitr' else 'fitness'} "
-                               f"{result.inlier_ratio:.2f}, {result.seconds:.2f} s")
+    if picture is not None:
+        atomic_write_bytes(args.render, picture)
     if args.json:
-        print(json.dumps(report))
+        print(json_dumps(report))
     else:
         print("transform (source -> target):")
         for row in result.transform.tolist():
@@ -149,22 +181,23 @@ def run_register(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from geoattn.registration.evaluation import evaluate_3dmatch
-    from geoattn.registration.io import atomic_write_bytes
+    from geoattn.registration.io import atomic_write_bytes, json_dumps
 
     check_device(args.device)
     if not args.root.is_dir():
         raise FileNotFoundError(f"--root {args.root}: no such folder")
-    if args.out is not None and args.out.suffix.lower() != ".json":
-        raise ValueError(f"--out {args.out}: expected a .json file")
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise ValueError(f"--max-pairs: expected a positive number of pairs, got {args.max_pairs}")
+    _check_outputs([], {"--out": args.out}, {"--out": (".json",)})
     summary = evaluate_3dmatch(args.root, args.benchmark, _make_registrar(args), scenes=args.scenes,
                                max_pairs=args.max_pairs, progress=not args.json)
     summary["protocol"].update({"method": args.method, "estimator": args.estimator, "icp": args.icp,
                                 "voxel_size": args.voxel_size, "seed": args.seed})
     if args.out is not None:
-        atomic_write_bytes(args.out, (json.dumps(summary, indent=2) + "\n").encode())
+        atomic_write_bytes(args.out, (json_dumps(summary, indent=2) + "\n").encode())
     brief = {k: v for k, v in summary.items() if k not in ("pairs", "scenes")}
     if args.json:
-        print(json.dumps(brief))
+        print(json_dumps(brief))
     else:
         def fmt(value):
             return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -7,10 +7,13 @@ and distance checkers, 100k iterations, confidence 0.999); point-to-plane ICP on
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import torch
+
+from geoattn.registration.io import check_cloud, check_downsampled
 
 __all__ = ["fpfh_registration", "icp_refine"]
 
@@ -21,6 +24,7 @@ def _prepare(points: np.ndarray, voxel_size: float):
     registration = o3d.pipelines.registration
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points.astype(np.float64)))
     down = cloud.voxel_down_sample(voxel_size)
+    check_downsampled(len(down.points), voxel_size)
     down.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=2 * voxel_size, max_nn=30))
     feature = registration.compute_fpfh_feature(
         down, o3d.geometry.KDTreeSearchParamHybrid(radius=5 * voxel_size, max_nn=100)
@@ -38,6 +42,10 @@ def fpfh_registration(src: torch.Tensor, tgt: torch.Tensor, voxel_size: float = 
 
     if not 0.0 <= confidence <= 1.0:
         raise ValueError(f"confidence: expected a probability in [0, 1], got {confidence}")
+    check_cloud(src, "src")
+    check_cloud(tgt, "tgt")
+    if not voxel_size > 0 or not math.isfinite(voxel_size):
+        raise ValueError(f"voxel_size: expected a positive size, got {voxel_size}")
     registration = o3d.pipelines.registration
     start = time.perf_counter()
     src_down, src_feat, src_fine = _prepare(src.detach().cpu().double().numpy(), voxel_size)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from geoattn.models.roitr import RoITr, RoITrConfig, RoITrOutput, centroid_fps
+from geoattn.registration.io import atomic_write_bytes, check_cloud, check_downsampled
 from geoattn.registration.losses import overlap_circle_loss, patch_overlaps, transport_labels, transport_nll_loss
 from geoattn.registration.matching import (
     Correspondences,
@@ -83,7 +84,6 @@ def default_weights_path() -> Path:
 
 def save_roitr(model: RoITr, path: str | Path, meta: dict | None = None) -> None:
     """Save ``{"config", "state_dict", "meta"}`` (loadable with ``weights_only=True``)."""
-    from geoattn.registration.io import atomic_write_bytes
     import io
 
     buffer = io.BytesIO()
@@ -162,10 +162,7 @@ def prepare_cloud(points: Tensor, voxel_size: float, scale: float = 1.0, max_poi
     random subset instead (a training augmentation). The normals' signs use the rotation-invariant rule of
     :func:`~geoattn.sparse.geometry.estimate_normals`, so the whole preparation commutes with rigid motions.
     """
-    if points.dim() != 2 or points.size(1) != 3:
-        raise ValueError(f"points: expected [N, 3], got shape {tuple(points.shape)}")
-    if points.size(0) == 0:
-        raise ValueError("points: the point cloud is empty")
+    check_cloud(points)
     if voxel_size <= 0:
         raise ValueError(f"voxel_size: expected a positive size, got {voxel_size}")
     pos = equivariant_grid_subsample(points, voxel_size) * scale
@@ -176,9 +173,7 @@ def prepare_cloud(points: Tensor, voxel_size: float, scale: float = 1.0, max_poi
             generator = torch.Generator().manual_seed(seed)
             keep = torch.randperm(pos.size(0), generator=generator)[:max_points].sort().values
         pos = pos[keep.to(pos.device)]
-    if pos.size(0) < 3:
-        raise ValueError(f"points: only {pos.size(0)} points remain after {voxel_size} voxel downsampling; "
-                         "use a smaller --voxel-size")
+    check_downsampled(pos.size(0), voxel_size)
     return pos, estimate_normals(pos, k=min(normal_k, pos.size(0)))
 
 
@@ -245,6 +240,8 @@ class RoITrRegistration:
 
     def __call__(self, src: Tensor, tgt: Tensor) -> RegistrationResult:
         start = time.perf_counter()
+        check_cloud(src, "src")
+        check_cloud(tgt, "tgt")
         device = self.device
         src_pos, src_normal = prepare_cloud(src.to(device).float(), self.voxel_size, self.scale, self.max_points,
                                             self.normal_k)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -120,3 +121,124 @@ def test_evaluate_3dmatch_on_generated_benchmark(files, capsys, tmp_path):
     assert 0.0 <= json.loads(out)["inlier_ratio"] <= 1.0
     code, _, err = _run(capsys, "evaluate-3dmatch", "--root", tmp_path / "nope")
     assert code == 2 and "no such folder" in err
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"bare {constant} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _truncated_ply(folder, binary: bool):
+    points = np.random.default_rng(2).random((400, 3)).astype(np.float32)
+    header = (f"ply\nformat {'binary_little_endian' if binary else 'ascii'} 1.0\nelement vertex 400\n"
+              "property float x\nproperty float y\nproperty float z\nend_header\n").encode()
+    body = points.tobytes() if binary else "".join(f"{x} {y} {z}\n" for x, y, z in points).encode()
+    path = folder / f"cut_{'binary' if binary else 'ascii'}.ply"
+    path.write_bytes(header + body[:len(body) // 2])
+    return path
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_register_refuses_a_truncated_ply_in_one_line(files, capsys, tmp_path, binary):
+    path = _truncated_ply(tmp_path, binary)
+    for method in ("fpfh", "roitr"):
+        extra = ["--weights", files / "tiny.pt"] if method == "roitr" else []
+        code, _, err = _run(capsys, "register", path, files / "tgt.npy", "--method", method, *extra,
+                            "--out", tmp_path / "T.json")
+        assert code == 2 and "cut short" in err and str(path) in err and err.count("\n") == 1
+    assert not (tmp_path / "T.json").exists()
+
+
+def test_register_float32_overflow_is_one_line(files, capsys, tmp_path):
+    np.save(tmp_path / "big.npy", np.array([[1e39, 0.0, 0.0]] + [[0.1 * i, 0.2, 0.3] for i in range(30)]))
+    code, _, err = _run(capsys, "register", tmp_path / "big.npy", files / "tgt.npy", "--method", "fpfh")
+    assert code == 2 and "float32 range" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("cloud", [[[0.5, 0.5, 0.5]], [[0.5, 0.5, 0.5]] * 50])
+def test_fpfh_and_roitr_refuse_degenerate_clouds_alike(files, capsys, tmp_path, cloud):
+    np.save(tmp_path / "one.npy", np.array(cloud))
+    messages = []
+    for method in ("fpfh", "roitr"):
+        extra = ["--weights", files / "tiny.pt"] if method == "roitr" else []
+        code, _, err = _run(capsys, "register", tmp_path / "one.npy", files / "tgt.npy", "--method", method, *extra,
+                            "--voxel-size", "0.1")
+        assert code == 2 and err.count("\n") == 1, err
+        messages.append(err.split(": error: ", 1)[1])
+    assert messages[0] == messages[1] and "only 1 points remain" in messages[0]
+
+
+def test_register_validates_every_output_before_work(files, capsys, tmp_path):
+    (tmp_path / "photo.png").write_text("my notes, not a picture")
+    code, _, err = _run(capsys, "register", files / "src.npy", files / "tgt.npy", "--method", "fpfh",
+                        "--out", tmp_path / "T.json", "--render", tmp_path / "photo.png")
+    assert code == 2 and "--render" in err and "not a PNG" in err and err.count("\n") == 1
+    assert (tmp_path / "photo.png").read_text() == "my notes, not a picture"
+    (tmp_path / "file").write_text("x")
+    for extra, message in [(["--render", tmp_path / "file" / "r.png"], "--render"),
+                           (["--render", tmp_path / "T.json"], "the same file as --out"),
+                           (["--out", tmp_path / "same.png"], "--out")]:
+        code, _, err = _run(capsys, "register", files / "src.npy", files / "tgt.npy", "--method", "fpfh",
+                            "--out", tmp_path / "T.json", *extra)
+        assert code == 2 and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "photo.png"]
+
+
+def test_register_outputs_honour_the_umask(files, capsys, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        code, _, err = _run(capsys, "register", files / "src.npy", files / "tgt.npy", "--method", "fpfh",
+                            "--voxel-size", "0.1", "--out", tmp_path / "T.txt", "--render", tmp_path / "r.png")
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    for name in ("T.txt", "r.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def _benchmark(tmp_path, fragments: dict[int, object], info: bool = True):
+    """A one-scene 3DMatch layout: ``fragments`` maps an index to an [N, 3] array or to raw ``.pth`` bytes."""
+    scene = tmp_path / "data" / "test" / "room"
+    scene.mkdir(parents=True)
+    for index, content in fragments.items():
+        path = scene / f"cloud_bin_{index}.pth"
+        path.write_bytes(content if isinstance(content, bytes) else pickle.dumps(np.asarray(content, np.float32)))
+    bench = tmp_path / "3DMatch" / "room"
+    bench.mkdir(parents=True)
+    entries = [LogEntry(0, j, len(fragments), torch.eye(4, dtype=torch.float64)) for j in sorted(fragments)[1:]]
+    write_gt_log(bench / "gt.log", entries)
+    return tmp_path
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_evaluate_refuses_a_hostile_pth_in_one_line(capsys, tmp_path):
+    base = np.random.default_rng(3).random((300, 3))
+    root = _benchmark(tmp_path, {0: base, 1: pickle.dumps(_Hostile())})
+    code, out, err = _run(capsys, "evaluate-3dmatch", "--root", root, "--method", "fpfh", "--voxel-size", "0.1")
+    assert code == 2 and "refusing to load builtins.print" in err and "cloud_bin_1.pth" in err
+    assert err.count("\n") == 1 and "pwned" not in out
+
+
+def test_evaluate_json_is_strict_and_max_pairs_positive(capsys, tmp_path):
+    base = np.random.default_rng(4).random((300, 3)) * [2.0, 1.5, 1.0]
+    root = _benchmark(tmp_path, {0: base, 1: base + [0.02, 0, 0]})  # no gt.info: RMSE unknown (NaN)
+    code, out, err = _run(capsys, "evaluate-3dmatch", "--root", root, "--method", "fpfh", "--voxel-size", "0.1",
+                          "--json", "--out", tmp_path / "report.json")
+    assert code == 0, err
+    _strict_json(out)
+    report = _strict_json((tmp_path / "report.json").read_text())
+    assert report["pairs"][0]["rmse"] is None
+    for bad in ("-1", "0"):
+        code, _, err = _run(capsys, "evaluate-3dmatch", "--root", root, "--method", "fpfh", "--max-pairs", bad)
+        assert code == 2 and "--max-pairs" in err and err.count("\n") == 1
+    (tmp_path / "dir.json").mkdir()
+    code, _, err = _run(capsys, "evaluate-3dmatch", "--root", root, "--method", "fpfh", "--out", tmp_path / "dir.json")
+    assert code == 2 and "--out" in err and "is a folder" in err
