@@ -58,9 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,8 +72,10 @@ from geoattn.models import GLAGCN, TemporalConvLifter
 from geoattn.pose.augment import LIMB_JOINTS, SHOULDER_JOINTS, random_limb_rotations
 from geoattn.pose.cameras import random_cameras, ray_aligned_pairs, ray_frame_to_camera, render_pairs, virtual_cameras
 from geoattn.pose.metrics import mpjpe
+from geoattn.io import load_checkpoint, save_checkpoint
 from geoattn.pose.training import (ScaleNormalizedLifter, bn_momentum, pose_metrics, predict, recalibrate_batch_norm,
                                    recalibrate_if_better, set_bn_momentum, train_epoch)
+from geoattn.train_log import TrainingLog
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,6 +138,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also log evaluation MPJPE every N epochs (monitoring only; the last epoch is reported)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint file written after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end this invocation after that epoch (checkpoint written, schedule unchanged); "
+                             "--resume continues exactly where it stopped")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="folder of log.csv (per-epoch training MPJPE of both models) and curve.png; default: "
+                             "the folder of --checkpoint (no log without either)")
     parser.add_argument("--json", action="store_true", help="print the final metrics as one JSON line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -206,14 +212,6 @@ def render(sequences, cameras, input_2d: str, limb_augment: float = 0.0, shoulde
     return poses_2d, poses_3d, rotations
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -250,6 +248,9 @@ def print_summary(summary: dict, as_json: bool) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.stop_after is not None and (args.checkpoint is None or args.stop_after < 1):
+        raise SystemExit(f"error: --stop-after needs --checkpoint and a positive epoch, got {args.stop_after} "
+                         f"with --checkpoint {args.checkpoint}")
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -312,7 +313,7 @@ def main(argv=None) -> int:
     if args.resume:
         if args.checkpoint is None or not args.checkpoint.is_file():
             raise SystemExit(f"error: --resume needs an existing --checkpoint, got {args.checkpoint}")
-        state = torch.load(args.checkpoint, map_location=args.device)
+        state = load_checkpoint(args.checkpoint, map_location=args.device)
         for name in models:
             models[name].load_state_dict(state["models"][name])
             optimizers[name].load_state_dict(state["optimizers"][name])
@@ -320,6 +321,13 @@ def main(argv=None) -> int:
         start_epoch, history = state["epoch"], state["history"]
 
     rng = np.random.default_rng(args.seed + start_epoch)
+    if args.resume and "numpy_rng" in state:  # the random streams where the checkpoint left them: exact resume
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+    log_dir = args.log_dir or (args.checkpoint.parent if args.checkpoint is not None else None)
+    log = TrainingLog(log_dir, resume=args.resume) if log_dir is not None else None
+    if log is not None and args.resume:
+        log.truncate(after=start_epoch)  # rows of epochs after the checkpoint are redone
     started = time.time()
     for epoch in range(start_epoch, args.epochs):
         record = {"epoch": epoch + 1}
@@ -338,14 +346,23 @@ def main(argv=None) -> int:
                 record[f"{name}_eval_p_mpjpe_mm"] = metrics["p_mpjpe"]
         history.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
+        if log is not None:
+            log.append(record)
+            log.plot(title="GLA-GCN and baseline, motion capture")
         if args.checkpoint is not None:
             save_checkpoint(args.checkpoint, {
                 "epoch": epoch + 1, "history": history,
-                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "args": {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+                         for k, v in vars(args).items()},
                 "models": {n: m.state_dict() for n, m in models.items()},
                 "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in schedulers.items()},
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             })
+        if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            print(f"stopped after epoch {epoch + 1} of {args.epochs} (--stop-after); continue with --resume",
+                  file=sys.stderr)
+            return 0
 
     results, recalibrated = {}, {}
     train_windows = epoch_windows(args.epochs - 1)  # the last epoch's windows

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.examples import load_example
+from tests.examples.test_lagnn_examples import assert_log_files
 
 
 def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
@@ -24,6 +25,35 @@ def test_mocap_example_synthetic_train_resume(tmp_path, capsys):
     assert result["input_2d"] == "ray" and result["camera_sampling"] == "random"
     assert result["bn_statistics"] == "auto" and set(result["recalibrated_bn"]) == {"glagcn", "baseline"}
     assert result["normalize_scale"] is True
+    # the log beside the checkpoint: the resumed run appended epoch 2 to epoch 1's row
+    assert_log_files(tmp_path, 2, ["glagcn_train_mpjpe_mm", "baseline_train_mpjpe_mm"])
+
+
+def test_mocap_example_same_seed_same_numbers_and_exact_resume(tmp_path, capsys):
+    """Two runs of one command agree, and a run stopped after epoch 1 and resumed ends where the
+    uninterrupted run ends (weights and scores bit for bit)."""
+    import torch
+
+    from geoattn.io import load_checkpoint
+
+    example = load_example("mocap_glagcn")
+    common = ["--channels", "8", "--filter-widths", "3", "--train-cameras", "2", "--cameras-per-epoch", "2",
+              "--eval-cameras", "1", "--frame-stride", "20", "--json", "--quiet", "--epochs", "2", "--threads", "1"]
+    results = []
+    for name in ("a", "b"):
+        assert example.main(common + ["--checkpoint", str(tmp_path / name / "run.pt")]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    part = ["--checkpoint", str(tmp_path / "part" / "run.pt")]
+    assert example.main(common + part + ["--stop-after", "1"]) == 0
+    assert load_checkpoint(tmp_path / "part" / "run.pt")["epoch"] == 1
+    assert example.main(common + part + ["--resume"]) == 0
+    results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    scores = [{k: v for k, v in r.items() if k != "seconds"} for r in results]
+    assert scores[0] == scores[1] == scores[2]
+    full, resumed = (load_checkpoint(tmp_path / name / "run.pt") for name in ("a", "part"))
+    for name, state in full["models"].items():
+        assert all(torch.equal(value, resumed["models"][name][key]) for key, value in state.items()), name
+    assert_log_files(tmp_path / "part", 2, ["glagcn_train_mpjpe_mm", "baseline_train_mpjpe_mm"])
 
 
 def test_mocap_example_fixed_cameras_and_screen_inputs(capsys):
