@@ -135,14 +135,30 @@ def recalibrate_if_better(model: nn.Module, windows: ChunkedWindows, score, batc
 
 
 def train_epoch(model: nn.Module, windows: ChunkedWindows, optimizer: torch.optim.Optimizer, batch_size: int,
-                rng: np.random.Generator, device: torch.device | str = "cpu", progress=None) -> float:
-    """One pass over shuffled ``windows`` minimising MPJPE; returns the mean training loss.
+                rng: np.random.Generator, device: torch.device | str = "cpu", progress=None, *, rank: int = 0,
+                world_size: int = 1) -> float:
+    """One pass over shuffled ``windows`` minimising MPJPE; returns the mean training loss of this process.
 
     ``progress`` is an optional callable ``progress(num_items, loss)`` (e.g. a tqdm ``update`` wrapper).
+    Data-parallel training (``world_size`` processes, ``model`` wrapped in ``DistributedDataParallel``):
+    every process draws the same permutation from its ``rng`` (seed it identically) and process ``rank``
+    takes batches ``rank, rank + world_size, ...`` of it; the batch list is padded from its start so that every
+    process makes the same number of steps (``ceil(batches / world_size)``). With ``world_size=1`` this is
+    a plain pass, batch for batch what :meth:`ChunkedWindows.batches` yields.
     """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got rank={rank!r}, "
+                         f"world_size={world_size!r}")
     model.train()
+    order = np.arange(len(windows))
+    rng.shuffle(order)
+    starts = range(0, len(order), batch_size)
     total, count = 0.0, 0
-    for inputs, targets in windows.batches(batch_size, shuffle=True, generator=rng):
+    for step in range(math.ceil(len(starts) / world_size)):
+        begin = starts[(step * world_size + rank) % len(starts)]
+        inputs, targets = windows.get(order[begin:begin + batch_size])
         inputs, targets = inputs.to(device), targets.to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = mpjpe(model(inputs), targets)

@@ -106,3 +106,37 @@ def test_scale_normalized_lifter_degenerate_and_bad_inputs():
         ScaleNormalizedLifter(MirrorConsistent(), target_rms=0.0)
     windows = ChunkedWindows([np.random.default_rng(0).normal(size=(6, 17, 2)).astype(np.float32)], None, 3)
     assert torch.allclose(predict(wrapped, windows), predict(wrapped, windows, flip_test=False), atol=1e-6)
+
+
+class Recorder(MirrorConsistent):
+    """MirrorConsistent with one trainable offset, keeping every input batch it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.offset = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, windows):
+        self.seen.append(windows.clone())
+        return super().forward(windows) + self.offset
+
+
+def test_train_epoch_shards_batches_over_processes():
+    poses_3d = np.random.default_rng(0).normal(size=(12, 17, 3)).astype(np.float32)
+    windows = ChunkedWindows([poses_3d[..., :2]], [poses_3d], receptive_field=3, flip=True)  # 24 items
+    single = Recorder()
+    train_epoch(single, windows, torch.optim.SGD(single.parameters(), lr=0.0), 5, np.random.default_rng(3))
+    expected = [inputs for inputs, _ in windows.batches(5, shuffle=True, generator=np.random.default_rng(3))]
+    assert len(single.seen) == 5 and all(torch.equal(a, b) for a, b in zip(single.seen, expected))
+    shards = []
+    for rank in range(2):
+        model = Recorder()
+        train_epoch(model, windows, torch.optim.SGD(model.parameters(), lr=0.0), 5, np.random.default_rng(3),
+                    rank=rank, world_size=2)
+        shards.append(model.seen)
+    assert [len(shard) for shard in shards] == [3, 3]  # 5 batches padded to 6: the same number of steps
+    assert all(torch.equal(a, b) for a, b in zip(shards[0], expected[0::2]))
+    assert all(torch.equal(a, b) for a, b in zip(shards[1], expected[1::2] + expected[:1]))
+    with pytest.raises(ValueError, match="rank, world_size"):
+        train_epoch(single, windows, torch.optim.SGD(single.parameters(), lr=0.0), 5, np.random.default_rng(3),
+                    rank=2, world_size=2)
