@@ -122,6 +122,64 @@ def test_h36m_example_on_fake_npz_files(tmp_path, capsys):
     assert np.isclose(evaluated["p1_mm"], trained["p1_mm"])
     with pytest.raises(SystemExit, match="datasets/h36m.md"):
         example.main(["--root", str(tmp_path / "nothing")])
+    assert_log_files(tmp_path, 1, ["train_mpjpe_mm", "lr"])
+
+
+def test_h36m_example_exact_resume_and_same_numbers(tmp_path, capsys):
+    import torch
+
+    from geoattn.io import load_checkpoint
+
+    example = load_example("h36m_glagcn")
+    write_fake_h36m(tmp_path)
+    common = ["--root", str(tmp_path), "--keypoints", "gt", "--filter-widths", "3", "--channels", "8",
+              "--subjects-train", "S1", "--subjects-test", "S9", "--json", "--quiet", "--epochs", "2",
+              "--batch-size", "8"]
+    results = []
+    for name in ("a", "b"):
+        assert example.main(common + ["--checkpoint", str(tmp_path / name / "c.pt")]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    part = ["--checkpoint", str(tmp_path / "part" / "c.pt")]
+    assert example.main(common + part + ["--stop-after", "1"]) == 0
+    assert example.main(common + part + ["--resume"]) == 0
+    results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[0] == results[1] == results[2]
+    full, resumed = (load_checkpoint(tmp_path / name / "c.pt") for name in ("a", "part"))
+    assert all(torch.equal(value, resumed["model"][key]) for key, value in full["model"].items())
+    assert_log_files(tmp_path / "part", 2, ["train_mpjpe_mm", "lr"])
+    assert example.main(common + part + ["--resume", "--epochs", "3"]) == 2  # another schedule
+    assert "3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_h36m_example_two_cpu_processes(tmp_path):
+    """torchrun with 2 gloo processes: trains, checkpoints, evaluates on process 0; killed as a process
+    group if it hangs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.examples import EXAMPLES
+
+    write_fake_h36m(tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(EXAMPLES / "h36m_glagcn.py"), "--root", str(tmp_path), "--keypoints", "gt", "--filter-widths",
+               "3", "--channels", "8", "--subjects-train", "S1", "--subjects-test", "S9", "--epochs", "2",
+               "--batch-size", "4", "--device", "cpu", "--dist-timeout", "60", "--json", "--quiet",
+               "--checkpoint", str(tmp_path / "ddp" / "c.pt")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and np.isfinite(result["p1_mm"])
+    assert_log_files(tmp_path / "ddp", 2, ["train_mpjpe_mm"])
 
 
 def test_mocap_validation_split_never_touches_the_evaluation_part(real_data, capsys):
