@@ -223,5 +223,5 @@ def restricted_pickle_load(path: str | os.PathLike, what: str = "pickle"):
     except Exception as error:  # a corrupt pickle raises many types (EOFError, KeyError, struct.error, ...)
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         # torch's weights-only refusal spreads over many lines; the one naming the global is the useful one
-        first = next((line for line in lines if "Unsupported global" in line), lines[0])
+        first = next((line for line in lines if "global" in line.lower() and "weights_only" not in line), lines[0])
         raise PickleRefusedError(f"{path}: not a readable {what} ({type(error).__name__}: {first})") from None

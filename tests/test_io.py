@@ -111,3 +111,35 @@ def test_checkpoint_refuses_code_and_bad_config(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         gio.save_checkpoint(tmp_path / "c.pt", {"config": {"a": 1}}, {"a": 2})
     assert not (tmp_path / "c.pt").exists()
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_restricted_pickle_load_admits_data_and_refuses_code(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    data = {"a": np.arange(3, dtype=np.float32), "b": [np.float64(1.5), "text", (1, 2)]}
+    (tmp_path / "ok.pkl").write_bytes(pickle.dumps(data, protocol=2))
+    loaded = gio.restricted_pickle_load(tmp_path / "ok.pkl")
+    assert loaded["b"] == data["b"] and loaded["a"].tolist() == [0.0, 1.0, 2.0]
+    buffer = tmp_path / "zip.pth"
+    torch.save({"x": np.ones((2, 3))}, buffer)
+    assert gio.restricted_pickle_load(buffer)["x"].shape == (2, 3)
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_Hostile()))
+    torch.save(_Hostile(), tmp_path / "evil.pth")
+    for name, message in [("evil.pkl", "refusing to load (posix|os).system"), ("evil.pth", "(posix|os).system"),
+                          ("ok.pkl", None)]:
+        if message is None:
+            (tmp_path / name).write_bytes(b"plain text\n")
+            message = "not a readable pickle"
+        with pytest.raises(gio.PickleRefusedError, match=message) as info:
+            gio.restricted_pickle_load(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
+        assert isinstance(info.value, ValueError) and isinstance(info.value, pickle.UnpicklingError)
+    with pytest.raises(FileNotFoundError, match="missing.pkl"):
+        gio.restricted_pickle_load(tmp_path / "missing.pkl")

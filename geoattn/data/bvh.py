@@ -51,75 +51,144 @@ class BVHMotion:
         return 1.0 / self.frame_time
 
 
+_CHANNELS = {f"{axis}{kind}" for axis in ("X", "Y", "Z", "x", "y", "z") for kind in ("rotation", "position")}
+
+
 def load_bvh(path: str | Path) -> BVHMotion:
-    """Parse a BVH file (hierarchy and motion)."""
+    """Parse a BVH file (hierarchy and motion).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and the line for
+    anything else: a file that is not text, a truncated hierarchy or motion block, a count, offset or motion
+    value that is not a number (or not finite), an unknown channel name, and a frame time that is not positive.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    tokens = path.read_text().split()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a BVH text file (byte {error.start} is not UTF-8)") from None
+    tokens: list[str] = []
+    lines: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split()
+        tokens += words
+        lines += [number] * len(words)
     names, parents, offsets, channels, channel_start = [], [], [], [], []
     stack: list[int] = []
     position, total_channels = 0, 0
 
-    def expect(token: str) -> None:
+    def where() -> str:
+        return f"line {lines[position]}" if position < len(tokens) else "end of file"
+
+    def take(what: str) -> str:
         nonlocal position
-        if position >= len(tokens) or tokens[position] != token:
-            found = tokens[position] if position < len(tokens) else "end of file"
-            raise ValueError(f"{path}: expected '{token}' at token {position}, found '{found}'")
+        if position >= len(tokens):
+            raise ValueError(f"{path}: expected {what}, found the end of the file (file cut short?)")
         position += 1
+        return tokens[position - 1]
+
+    def expect(token: str) -> None:
+        found_at = where()
+        found = take(f"'{token}'")
+        if found != token:
+            raise ValueError(f"{path}: {found_at}: expected '{token}', found '{found[:40]}'")
+
+    def number(what: str, kind: type = float):
+        found_at = where()
+        token = take(what)
+        try:
+            value = kind(token)
+        except ValueError:
+            raise ValueError(f"{path}: {found_at}: expected {what}, found '{token[:40]}'") from None
+        if not np.isfinite(value):
+            raise ValueError(f"{path}: {found_at}: expected a finite {what}, found '{token}'")
+        return value
 
     expect("HIERARCHY")
-    while position < len(tokens) and tokens[position] != "MOTION":
+    while True:
+        if position >= len(tokens):
+            raise ValueError(f"{path}: the file ends inside the hierarchy, before 'MOTION' (file cut short?)")
         token = tokens[position]
-        if token in ("ROOT", "JOINT") or token == "End":
+        if token == "MOTION":
+            break
+        if token in ("ROOT", "JOINT", "End"):
             if token == "End":
                 expect("End")
                 expect("Site")
                 name = f"{names[stack[-1]]}_end" if stack else "End"
             else:
                 position += 1
-                name = tokens[position]
-                position += 1
+                name = take("a joint name")
             expect("{")
-            parent = stack[-1] if stack else -1
             joint = len(names)
             names.append(name)
-            parents.append(parent)
+            parents.append(stack[-1] if stack else -1)
             expect("OFFSET")
-            offsets.append([float(v) for v in tokens[position:position + 3]])
-            position += 3
+            offsets.append([number("an OFFSET value") for _ in range(3)])
             joint_channels: list[str] = []
-            if token != "End" and tokens[position] == "CHANNELS":
-                count = int(tokens[position + 1])
-                joint_channels = tokens[position + 2:position + 2 + count]
-                position += 2 + count
+            if token != "End" and position < len(tokens) and tokens[position] == "CHANNELS":
+                position += 1
+                count_at = where()
+                count = number("a channel count", int)
+                if count < 0:
+                    raise ValueError(f"{path}: {count_at}: expected a non-negative channel count, found {count}")
+                for _ in range(count):
+                    channel_at = where()
+                    channel = take("a channel name")
+                    if channel not in _CHANNELS:
+                        raise ValueError(f"{path}: {channel_at}: unknown channel '{channel[:40]}' of joint '{name}' "
+                                         "(expected Xrotation ... Zposition)")
+                    joint_channels.append(channel)
             channels.append(joint_channels)
             channel_start.append(total_channels)
             total_channels += len(joint_channels)
             stack.append(joint)
         elif token == "}":
             if not stack:
-                raise ValueError(f"{path}: unbalanced '}}' at token {position}")
+                raise ValueError(f"{path}: {where()}: unbalanced '}}'")
             stack.pop()
             position += 1
         else:
-            raise ValueError(f"{path}: unexpected token '{token}' at token {position}")
+            raise ValueError(f"{path}: {where()}: unexpected token '{token[:40]}' in the hierarchy")
     if stack:
-        raise ValueError(f"{path}: hierarchy ended with {len(stack)} unclosed joints")
+        raise ValueError(f"{path}: {where()}: hierarchy ended with {len(stack)} unclosed joints")
+    if not names:
+        raise ValueError(f"{path}: the hierarchy has no joints")
     expect("MOTION")
     expect("Frames:")
-    num_frames = int(tokens[position])
-    position += 1
+    frames_at = where()
+    num_frames = number("a frame count", int)
+    if num_frames < 0:
+        raise ValueError(f"{path}: {frames_at}: expected a non-negative frame count, found {num_frames}")
     expect("Frame")
     expect("Time:")
-    frame_time = float(tokens[position])
-    position += 1
-    values = np.asarray(tokens[position:], dtype=np.float64)
+    time_at = where()
+    frame_time = number("a frame time")
+    if frame_time <= 0:
+        raise ValueError(f"{path}: {time_at}: expected a positive frame time in seconds, found {frame_time}")
+    motion_at = where()
+    try:
+        values = np.asarray(tokens[position:], dtype=np.float64)
+    except ValueError:
+        bad = next(k for k in range(position, len(tokens)) if not _is_number(tokens[k]))
+        raise ValueError(f"{path}: line {lines[bad]}: expected a motion value, found '{tokens[bad][:40]}'") from None
     if values.size != num_frames * total_channels:
-        raise ValueError(f"{path}: expected {num_frames} frames x {total_channels} channels of motion, "
-                         f"got {values.size} values")
+        raise ValueError(f"{path}: {motion_at}: expected {num_frames} frames x {total_channels} channels of motion, "
+                         f"got {values.size} values (file cut short?)")
+    if not np.isfinite(values).all():
+        bad = position + int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ValueError(f"{path}: line {lines[bad]}: expected a finite motion value, found '{tokens[bad]}'")
     return BVHMotion(names, parents, np.asarray(offsets, dtype=np.float64), channels, channel_start,
                      frame_time, values.reshape(num_frames, total_channels))
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _axis_rotations(axis: int, radians: np.ndarray) -> np.ndarray:
@@ -143,14 +212,14 @@ def forward_kinematics(motion: BVHMotion) -> np.ndarray:
         local_rotation = np.broadcast_to(np.eye(3), (frames, 3, 3)).copy()
         translation = np.broadcast_to(motion.offsets[joint], (frames, 3)).copy()
         for k, channel in enumerate(motion.channels[joint]):
+            if channel not in _CHANNELS:
+                raise ValueError(f"motion: unknown channel '{channel}' of joint '{motion.names[joint]}'")
             column = motion.motion[:, motion.channel_start[joint] + k]
             axis = _AXES[channel[0].upper()]
-            if channel[1:].lower() == "rotation":
+            if channel[1:] == "rotation":
                 local_rotation = local_rotation @ _axis_rotations(axis, np.deg2rad(column))
-            elif channel[1:].lower() == "position":
-                translation[:, axis] += column
             else:
-                raise ValueError(f"motion: unknown channel '{channel}' of joint '{motion.names[joint]}'")
+                translation[:, axis] += column
         if parent < 0:
             positions[:, joint] = translation
             rotations[:, joint] = local_rotation

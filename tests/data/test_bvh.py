@@ -73,3 +73,29 @@ def test_cmu_clip_matches_the_shared_h36m17_array(real_data):
     full = forward_kinematics(motion)
     knee, ankle = motion.names.index("LeftKnee"), motion.names.index("LeftAnkle")
     assert np.linalg.norm(full[:, knee] - full[:, ankle], axis=-1).std() < 1e-9
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t[:t.index("MOTION")], r"ends inside the hierarchy.*cut short"),
+    (lambda t: t[:-12], r"line 19: expected 2 frames x 9 channels of motion, got 13 values"),
+    (lambda t: t.replace("CHANNELS 3", "CHANNELS 3x"), r"line 9: expected a channel count, found '3x'"),
+    (lambda t: t.replace("Frame Time: 0.5", "Frame Time: 0"), r"line 18: expected a positive frame time"),
+    (lambda t: t.replace("Zrotation Yrotation Xrotation\n    End", "Zrotation Yrotation Qrotation\n    End"),
+     r"line 9: unknown channel 'Qrotation' of joint 'Knee'"),
+    (lambda t: t.replace("OFFSET 0 -1 0", "OFFSET 0 one 0"), r"line 8: expected an OFFSET value, found 'one'"),
+    (lambda t: t.replace("1 2 3 90", "1 2 3 nan"), r"line 20: expected a finite motion value"),
+    (lambda t: t.replace("1 2 3 90", "1 2 3 ninety"), r"line 20: expected a motion value, found 'ninety'"),
+])
+def test_bad_files_name_the_file_and_line(tmp_path, edit, message):
+    path = tmp_path / "bad.bvh"
+    path.write_text(edit(TWO_BONES))
+    with pytest.raises(ValueError, match=message) as info:
+        load_bvh(path)
+    assert str(path) in str(info.value)
+
+
+def test_binary_garbage_is_a_value_error(tmp_path):
+    path = tmp_path / "garbage.bvh"
+    path.write_bytes(b"HIERARCHY\n\xff\xfe\x00\x81")
+    with pytest.raises(ValueError, match="garbage.bvh: not a BVH text file"):
+        load_bvh(path)

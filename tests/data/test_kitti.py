@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geoattn.data.kitti import (boxes_camera_to_lidar, boxes_lidar_to_camera, load_info_pickle,
-                                load_kitti_frame, load_mmdet3d_frame, read_calib, read_label, read_velodyne)
+                                load_kitti_frame, load_mmdet3d_frame, read_calib, read_image, read_label, read_velodyne)
 from geoattn.sparse.boxes import points_in_boxes
 
 
@@ -279,3 +279,75 @@ def test_read_image_set(tmp_path):
         read_image_set(tmp_path, "dup")
     with pytest.raises(ValueError, match="split"):
         read_image_set(tmp_path, "../x")
+
+
+CALIB = ("P0: 7 0 6 0 0 7 1 0 0 0 1 0\nP1: 7 0 6 -3 0 7 1 0 0 0 1 0\nP2: 7 0 6 4 0 7 1 0 0 0 1 0\n"
+         "P3: 7 0 6 -3 0 7 1 0 0 0 1 0\nR0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 0 1 0 0 0\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    (CALIB.replace("P2: 7 0 6 4", "P2: 7 0 six 4"), r"calib.txt:3: P2 value 3: expected a finite number, got 'six'"),
+    (CALIB.replace("R0_rect: 1 0 0 0 1 0 0 0 1", "R0_rect: 1 0 0"), r"calib.txt:5: R0_rect: expected 9 values"),
+    (CALIB + "garbage line\n", r"calib.txt:7: expected 'KEY: values'"),
+])
+def test_read_calib_names_the_line(tmp_path, text, message):
+    (tmp_path / "calib.txt").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_calib(tmp_path / "calib.txt")
+    (tmp_path / "calib.txt").write_text(CALIB + "calib_time: 09-Jan-2012 13:57:47\n")
+    assert read_calib(tmp_path / "calib.txt").P.shape == (4, 4, 4)
+
+
+def test_read_label_names_the_line_and_column(tmp_path):
+    good = "Car 0.00 0 -1.58 587.01 173.33 614.12 200.12 1.65 1.67 3.64 -0.65 1.71 46.70 -1.59\n"
+    (tmp_path / "label.txt").write_text(good + good.replace("46.70", "4x.70"))
+    with pytest.raises(ValueError, match=r"label.txt:2: column 14: expected a finite number, got '4x.70'"):
+        read_label(tmp_path / "label.txt")
+    (tmp_path / "label.txt").write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ValueError, match="label.txt: not a text file"):
+        read_label(tmp_path / "label.txt")
+
+
+def test_truncated_png_names_the_file(tmp_path, real_data):
+    data = (real_data / "lidar" / "kitti_360" / "image_2" / "000000.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.png: not a readable image"):
+        read_image(tmp_path / "cut.png")
+
+
+def test_load_kitti_frame_without_image_does_not_open_it(real_data, tmp_path):
+    import shutil
+
+    root = tmp_path / "kitti"
+    shutil.copytree(real_data / "lidar" / "kitti_360", root)
+    data = (root / "image_2" / "000000.png").read_bytes()
+    (root / "image_2" / "000000.png").write_bytes(data[:4096])  # decoding would fail, the header is intact
+    frame = load_kitti_frame(root, 0, split="", load_image=False)
+    assert frame.image is None and frame.image_hw == (370, 1224)
+    shutil.rmtree(root / "image_2")
+    assert load_kitti_frame(root, 0, split="", load_image=False).image_hw == (0, 0)
+
+
+def _edited_info(real_data, tmp_path, edit):
+    info = load_info_pickle(real_data / "fusion" / "000008.pkl")
+    edit(info["data_list"][0])
+    path = tmp_path / "000008.pkl"
+    path.write_bytes(pickle.dumps(info))
+    for name in ("000008.bin", "000008.png"):
+        (tmp_path / name).symlink_to(real_data / "fusion" / name)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda entry: entry.pop("lidar_points"), r"data_list\[0\].lidar_points: missing key"),
+    (lambda entry: entry["instances"][0].__setitem__("bbox_3d", [1.0, 2.0, 3.0]),
+     r"data_list\[0\].instances\[0\].bbox_3d: expected shape \[7\], got \[3\]"),
+    (lambda entry: entry["instances"][1].pop("bbox_3d"), r"data_list\[0\].instances\[1\].bbox_3d: missing key"),
+    (lambda entry: entry["images"]["CAM2"].__setitem__("lidar2img", "eye"),
+     r"data_list\[0\].images.CAM2.lidar2img: expected numbers"),
+])
+def test_info_pickle_content_errors_name_the_key(real_data, tmp_path, edit, message):
+    path = _edited_info(real_data, tmp_path, edit)
+    with pytest.raises(ValueError, match=message) as info:
+        load_mmdet3d_frame(path)
+    assert str(path) in str(info.value)

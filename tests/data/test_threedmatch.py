@@ -77,3 +77,39 @@ def test_predator_training_layout(tmp_path):
     assert torch.allclose(transform[:3, 3], torch.ones(3))
     with pytest.raises(FileNotFoundError, match="pair list"):
         ThreeDMatchPairs(tmp_path, "val")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0 1 x\n" + "1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 1: expected 'i j n' \(3 int values\)"),
+    ("0 1 2\n" + "1 0 0 0\n0 1 zero 0\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 3: expected a row of a 4x4 matrix"),
+    ("0 1 2\n" + "1 0 0 0\n0 1 0\n0 0 1 0 5\n0 0 0 1\n", r"gt.log: line 3: expected a row of a 4x4 matrix \(4 values\)"),
+    ("0 1 2\n" + "1 0 0 0\n0 1 0 nan\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 3: expected finite numbers"),
+])
+def test_gt_log_errors_name_the_line(tmp_path, text, message):
+    (tmp_path / "gt.log").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_gt_log(tmp_path / "gt.log")
+
+
+def test_one_unpickler_for_all_data_pickles(tmp_path):
+    points = np.random.default_rng(0).random((5, 3)).astype(np.float32)
+    (tmp_path / "p2.pth").write_bytes(pickle.dumps(points, protocol=2))  # protocol 2 names _codecs.encode
+    assert torch.equal(read_fragment(tmp_path / "p2.pth"), torch.from_numpy(points))
+    (tmp_path / "cut.pth").write_bytes(pickle.dumps(points)[:40])
+    with pytest.raises(ValueError, match="cut.pth: not a readable pickle") as info:
+        read_fragment(tmp_path / "cut.pth")
+    assert isinstance(info.value, pickle.UnpicklingError)
+    (tmp_path / "big.pth").write_bytes(pickle.dumps(np.array([[1e39, 0, 0]])))
+    with pytest.raises(ValueError, match="big.pth: .*float32 range"):
+        read_fragment(tmp_path / "big.pth")
+
+
+def test_pair_list_errors_name_the_file_and_key(tmp_path):
+    (tmp_path / "metadata").mkdir()
+    entry = {"pcd0": "a.pth", "pcd1": "b.pth", "rotation": np.eye(3), "translation": np.zeros(3), "overlap": 0.5}
+    for broken, message in [({k: v for k, v in entry.items() if k != "rotation"}, r"pair 0: missing key\(s\) 'rotation'"),
+                            ({**entry, "translation": np.zeros(2)}, r"pair 0: expected a 3x3 rotation and a 3-vector")]:
+        (tmp_path / "metadata" / "train.pkl").write_bytes(pickle.dumps([broken]))
+        with pytest.raises(ValueError, match=message) as info:
+            ThreeDMatchPairs(tmp_path, "train")
+        assert "train.pkl" in str(info.value)
