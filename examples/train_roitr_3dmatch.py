@@ -7,14 +7,19 @@ Examples::
     # 3DMatch in the Predator/GeoTransformer layout (see datasets/3dmatch.md), paper-sized network
     torchrun --nproc_per_node 4 examples/train_roitr_3dmatch.py --root data/3DMatch --config paper --device cuda
 
-Checkpoints (model, optimiser, scheduler, step, config) are written to a temporary file and renamed;
-``--resume`` continues from ``--out``. ``--export PATH`` additionally writes a weights-only checkpoint
+Checkpoints (model, optimiser, scheduler, step, config, random streams) are written to a temporary file and
+renamed; ``--resume`` continues from ``--out`` exactly where it stopped (for a step budget; ``--time-budget``
+depends on the clock). Every checkpoint also rewrites ``log.csv`` and ``curve.png`` beside ``--out``
+(running losses and learning rate per checkpoint step). Under ``torchrun`` (gloo on CPU, NCCL on CUDA,
+``--dist-timeout``) every process starts from rank 0's weights, walks one shared permutation of the pairs
+(process r takes items r, r + world, ...) and gradients are averaged; process 0 writes and validates. ``--export PATH`` additionally writes a weights-only checkpoint
 loadable with ``geoattn register --weights PATH``. Synthetic training uses seeds from
 ``geoattn.data.scenes.TRAIN_SEEDS``; ``--val-pairs`` held-out pairs come from ``EVAL_SEEDS``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import io
 import json
 import math
@@ -29,9 +34,10 @@ from tqdm import tqdm
 from geoattn.data.scenes import EVAL_SEEDS, TRAIN_SEEDS, fragment_pair
 from geoattn.data.threedmatch import ThreeDMatchPairs
 from geoattn.models.roitr import RoITr, RoITrConfig
+from geoattn.train_log import TrainingLog
+from geoattn.io import atomic_write_bytes, load_checkpoint, save_checkpoint
 from geoattn.registration import (
     RoITrRegistration,
-    atomic_write_bytes,
     prepare_cloud,
     relative_rotation_error,
     relative_translation_error,
@@ -69,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--dist-timeout", type=float, default=600.0,
+                        help="seconds a collective may wait for the other processes before failing (torchrun)")
     parser.add_argument("--json", action="store_true", help="print a final JSON line of metrics")
     return parser.parse_args(argv)
 
@@ -93,14 +101,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, world = 0, 1
-    if distributed:
-        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if args.device.startswith("cuda"):
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    torch.manual_seed(args.seed + rank)
+            torch.cuda.set_device(torch.device(args.device))
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo",
+                                             timeout=datetime.timedelta(seconds=args.dist_timeout))
+    try:  # the process group is torn down on every way out, errors included
+        return run(args)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run(args) -> int:
+    distributed = torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    torch.manual_seed(args.seed)
     device = torch.device(args.device)
     config = RoITrConfig.small() if args.config == "small" else RoITrConfig()
     initial = None
@@ -119,16 +136,25 @@ def main(argv=None) -> int:
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.decay_every, args.lr_decay)
-    step, elapsed = 0, 0.0
+    # one permutation of the training items shared by all processes; patch sampling per process
+    generator = torch.Generator().manual_seed(args.seed + rank)
+    step, elapsed, state = 0, 0.0, None
     if args.resume:
         if not args.out.is_file():
             print(f"--resume: no checkpoint at {args.out}", file=sys.stderr)
             return 2
-        state = torch.load(args.out, map_location=device, weights_only=True)
+        state = load_checkpoint(args.out, map_location=device)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, elapsed = state["step"], state.get("elapsed", 0.0)
+        if "generator" in state and len(state["generator"]) == world:  # exact continuation (same world size)
+            generator.set_state(state["generator"][rank].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+    if distributed:  # every process starts from rank 0's weights
+        for tensor in [*model.parameters(), *model.buffers()]:
+            torch.distributed.broadcast(tensor.data, src=0)
+
     def average_gradients() -> None:
         # Data parallelism by explicit all-reduce: the transport layer is used by the loss outside the
         # network's forward, which DistributedDataParallel's per-forward bookkeeping does not allow.
@@ -164,30 +190,45 @@ def main(argv=None) -> int:
     validation = (synthetic_pool(args.val_pairs, EVAL_SEEDS, args.fragment_voxel or voxel, val_cache, "validation pairs")
                   if rank == 0 else [])
 
+    log = TrainingLog(args.out.parent, resume=args.resume, x="step") if rank == 0 else None
+    if log is not None:
+        log.truncate(after=step)  # rows past the checkpoint are redone
+    running: dict[str, float] = dict(state.get("running", {})) if state is not None else {}
+
     def save() -> None:
+        generators = [generator.get_state()]
+        if distributed:  # every process's patch-sampling stream, for an exact --resume
+            generators = [None] * world
+            torch.distributed.all_gather_object(generators, generator.get_state())
         if rank != 0:
             return
-        buffer = io.BytesIO()
-        torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "step": step, "elapsed": elapsed}, buffer)
-        atomic_write_bytes(args.out, buffer.getvalue())
+        save_checkpoint(args.out, {"config": config.to_dict(), "state_dict": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "step": step, "elapsed": elapsed, "generator": generators,
+                                   "torch_rng": torch.get_rng_state(), "running": running})
         if args.export:
             save_roitr(model, args.export, meta={"steps": step, "train_minutes": round(elapsed / 60, 1),
                                                  "data": "synthetic" if args.root is None else str(args.root.name),
                                                  "voxel_size": voxel, "max_points": args.max_points,
                                                  "fragment_voxel": args.fragment_voxel or voxel,
                                                  "init": args.init.name if args.init else None})
+        if running and (not log.rows or float(log.rows[-1]["step"]) < step):
+            log.append({"step": step, **{key: round(value, 6) for key, value in running.items()},
+                        "lr": optimizer.param_groups[0]["lr"], "minutes": round(elapsed / 60, 2)})
+            log.plot(title="RoITr training")
 
-    generator = torch.Generator().manual_seed(args.seed + rank)
-    order = torch.randperm(num_items, generator=generator)
+    order = torch.randperm(num_items, generator=torch.Generator().manual_seed(args.seed))
     start = time.perf_counter() - elapsed
-    running: dict[str, float] = {}
     progress = tqdm(total=args.steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True)
     model.train()
     while step < args.steps:
         elapsed = time.perf_counter() - start
-        if args.time_budget is not None and elapsed > args.time_budget * 60:
-            break
+        if args.time_budget is not None:
+            over = torch.tensor([float(elapsed > args.time_budget * 60)])
+            if distributed:  # the processes stop at the same step (rank 0's clock decides)
+                torch.distributed.broadcast(over, src=0)
+            if over.item():
+                break
         index = int(order[(step * world + rank) % num_items])
         src, tgt, transform = get_pair(index)
         seed = args.seed + step
@@ -231,9 +272,7 @@ def main(argv=None) -> int:
                         "val_median_rre": sorted(rre_values)[len(rre_values) // 2],
                         "val_median_rte": sorted(rte_values)[len(rte_values) // 2]})
     if rank == 0:
-        print(json.dumps(metrics) if args.json else metrics)
-    if distributed:
-        torch.distributed.destroy_process_group()
+        print(json.dumps({**metrics, "world_size": world}) if args.json else metrics)
     return 0 if math.isfinite(metrics.get("loss", 0.0)) else 1
 
 
