@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from geoattn import backends
 from geoattn.sparse.segment import index_from_offsets, offsets_from_counts
 
 __all__ = [
@@ -98,16 +99,18 @@ def csr_from_edge_index(
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"edge_index: expected shape [2, E], got {tuple(edge_index.shape)}")
     num_edges = edge_index.size(1)
-    if num_edges:
-        low, high = int(edge_index.min()), int(edge_index.max())
-    else:
-        low, high = 0, -1
-    if num_nodes is None:
-        num_nodes = high + 1
-    elif not isinstance(num_nodes, int) or num_nodes < 0:
+    if num_nodes is not None and (not isinstance(num_nodes, int) or num_nodes < 0):
         raise ValueError(f"num_nodes: expected a non-negative int, got {num_nodes!r}")
-    if low < 0 or high >= num_nodes:
-        raise ValueError(f"edge_index: expected node ids in [0, {num_nodes}), got range [{low}, {high}]")
+    # The range is read when num_nodes has to be inferred from it anyway (then the check is free), else only
+    # with GEOATTN_DEBUG=1 (a pass over the edges and a host synchronisation on accelerators).
+    if num_edges and (num_nodes is None or backends.debug_checks()):
+        low, high = torch.stack(edge_index.aminmax()).tolist()
+        if num_nodes is None:
+            num_nodes = high + 1
+        if low < 0 or high >= num_nodes:
+            raise ValueError(f"edge_index: expected node ids in [0, {num_nodes}), got range [{low}, {high}]")
+    elif num_nodes is None:
+        num_nodes = 0
     if index_dtype is None:
         index_dtype = _index_dtype(num_nodes, num_edges)
     elif index_dtype not in (torch.int32, torch.int64):
@@ -146,10 +149,10 @@ def _check_nodes(nodes: Tensor | None, num_nodes: int, device) -> Tensor:
         return torch.arange(num_nodes, device=device)
     if not isinstance(nodes, Tensor) or nodes.dtype not in (torch.int64, torch.int32) or nodes.dim() != 1:
         raise TypeError(f"nodes: expected a 1-D integer tensor, got {nodes!r:.80}")
-    if nodes.numel() and (int(nodes.min()) < 0 or int(nodes.max()) >= num_nodes):
-        raise ValueError(
-            f"nodes: expected ids in [0, {num_nodes}), got range [{int(nodes.min())}, {int(nodes.max())}]"
-        )
+    if nodes.numel() and backends.debug_checks():
+        low, high = torch.stack(nodes.aminmax()).tolist()
+        if low < 0 or high >= num_nodes:
+            raise ValueError(f"nodes: expected ids in [0, {num_nodes}), got range [{low}, {high}]")
     return nodes.long()
 
 

@@ -87,11 +87,17 @@ def _check_batch(name: str, batch, num_points: int, device: torch.device) -> int
         raise ValueError(f"{name}: expected device {device}, got {batch.device}")
     if batch.numel() == 0:
         return 0
-    # numpy on the CPU: one cheap single-threaded pass, no parallel-region start-up for a tiny check
-    values = batch.numpy() if batch.device.type == "cpu" else batch
-    if bool((values[1:] < values[:-1]).any()):
+    if batch.device.type == "cpu":
+        # numpy on the CPU: one cheap single-threaded pass, no parallel-region start-up for a tiny check
+        values = batch.numpy()
+        unsorted, first, last = bool((values[1:] < values[:-1]).any()), int(values[0]), int(values[-1])
+    elif backends.debug_checks():
+        unsorted = bool((batch[1:] < batch[:-1]).any())
+        first, last = batch[[0, -1]].tolist()
+    else:  # the number of batch elements is still needed: one read, no pass over the ids
+        return int(batch[-1]) + 1
+    if unsorted:
         raise ValueError(f"{name}: expected sorted (ascending) batch ids, got an unsorted tensor")
-    first, last = int(values[0]), int(values[-1])
     if first < 0:
         raise ValueError(f"{name}: expected non-negative batch ids, got minimum {first}")
     return last + 1
@@ -340,8 +346,12 @@ def _boundary_rows_open3d(support, query, k, support_offsets, query_offsets, row
 
 
 def _knn_search(support, query, k, support_batch, query_batch, backend, limit):
+    """``(index, dist2)`` of the search; half-precision points are searched in float32 (their squared
+    distances round to ties far too often for a meaningful order), ``dist2`` is then float32."""
     _check_pair(support, query)
     k = _check_positive_int("k", k)
+    if support.dtype in (torch.float16, torch.bfloat16):
+        support, query = support.float(), query.float()
     support_offsets, query_offsets = _pair_offsets(support, query, support_batch, query_batch)
     chosen = _select_backend(backend, support)
     num_query = query.size(0)
@@ -393,10 +403,11 @@ def knn(
         ``(index [M, k] long, dist2 [M, k])``: support indices (into ``support``) nearest first, equal
         distances by ascending index; rows with fewer than ``k`` candidates are padded with index ``-1``
         and ``dist2 = +inf``. ``dist2`` is the squared distance in the input dtype and carries gradients
-        to ``support``/``query`` when they require them (the index does not).
+        to ``support``/``query`` when they require them (the index does not). float16/bfloat16 points
+        are searched in float32.
     """
     index, dist2 = _knn_search(support, query, k, support_batch, query_batch, backend, None)
-    return index, _differentiable_dist2(support, query, index, dist2)
+    return index, _differentiable_dist2(support, query, index, dist2.to(query.dtype))
 
 
 def radius(
@@ -416,7 +427,7 @@ def radius(
 
     Returns:
         ``(index [M, max_neighbors] long, count [M] long)``; ``index`` is padded with ``-1`` after the
-        ``count[i]`` neighbours of query ``i``.
+        ``count[i]`` neighbours of query ``i``. float16/bfloat16 points are searched in float32.
     """
     radius_value = _real_scalar(r)
     if radius_value is None or not math.isfinite(radius_value) or radius_value <= 0:
@@ -478,6 +489,8 @@ def fps(
     else:
         # ceil(ratio * n), shrunk by 1e-12 first so that 0.1 * 30 = 3.0000000000000004 gives 3, not 4
         samples = torch.ceil(counts.double() * ratio * (1 - 1e-12)).long().clamp(max=counts)
+    if pos.dtype in (torch.float16, torch.bfloat16):
+        pos = pos.float()  # sampled in float32, as knn and radius search half-precision points
     chosen = _select_backend(backend, pos, dtypes=(torch.float32,))
     with torch.no_grad():
         if chosen == "open3d":

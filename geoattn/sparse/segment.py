@@ -70,14 +70,21 @@ def _check_offsets(offsets: Tensor, num_rows: int) -> Tensor:
     _check_index_tensor("offsets", offsets)
     if offsets.numel() == 0:
         raise ValueError("offsets: expected length S + 1 >= 1 (CSR offsets start with 0), got an empty tensor")
-    # Value checks need a host sync on accelerators; they are O(1) on the CPU only.
-    if offsets.device.type == "cpu":
-        first, last = int(offsets[0]), int(offsets[-1])
-        if first != 0 or last != num_rows:
-            raise ValueError(
-                f"offsets: expected offsets[0] == 0 and offsets[-1] == src.size(0) == {num_rows}, "
-                f"got offsets[0] == {first} and offsets[-1] == {last}"
-            )
+    # The reductions read rows offsets[0]:offsets[-1] unchecked: a wrong bound reads past src. On the CPU the
+    # two ends are read from host memory (no synchronisation, O(1)); on accelerators reading them would
+    # synchronise with the host, so there they are checked only with GEOATTN_DEBUG=1.
+    if offsets.device.type == "cpu" and not torch.compiler.is_compiling():
+        ends = offsets.numpy()
+        first, last = int(ends[0]), int(ends[-1])
+    elif backends.debug_checks():
+        first, last = offsets[[0, -1]].tolist()
+    else:
+        return offsets.long()
+    if first != 0 or last != num_rows:
+        raise ValueError(
+            f"offsets: expected offsets[0] == 0 and offsets[-1] == src.size(0) == {num_rows}, "
+            f"got offsets[0] == {first} and offsets[-1] == {last}"
+        )
     return offsets.long()
 
 
@@ -86,9 +93,15 @@ def _check_index(index: Tensor, num_rows: int, dim_size: int | None) -> int:
     if index.numel() != num_rows:
         raise ValueError(f"index: expected {num_rows} entries (src.size(0)), got {index.numel()}")
     if dim_size is None:
-        dim_size = int(index.max()) + 1 if index.numel() else 0
-    elif dim_size < 0:
+        # the output size depends on the data: one host synchronisation (pass dim_size to avoid it)
+        return int(index.max()) + 1 if index.numel() else 0
+    if dim_size < 0:
         raise ValueError(f"dim_size: expected a non-negative integer, got {dim_size}")
+    if index.numel() and backends.debug_checks():
+        low, high = index.aminmax()
+        low, high = int(low), int(high)
+        if low < 0 or high >= dim_size:
+            raise ValueError(f"index: expected values in [0, {dim_size}) (dim_size), got range [{low}, {high}]")
     return dim_size
 
 
@@ -132,12 +145,16 @@ def offsets_from_index(index: Tensor, num_segments: int | None = None) -> Tensor
     return torch._convert_indices_from_coo_to_csr(index.contiguous(), num_segments, out_int32=False)
 
 
-def index_from_offsets(offsets: Tensor) -> Tensor:
-    """Segment index ``[N]`` (int64, sorted) from CSR offsets ``[S + 1]``; inverse of :func:`offsets_from_index`."""
+def index_from_offsets(offsets: Tensor, num_rows: int | None = None) -> Tensor:
+    """Segment index ``[N]`` (int64, sorted) from CSR offsets ``[S + 1]``; inverse of :func:`offsets_from_index`.
+
+    ``num_rows`` is ``N = offsets[-1]``; giving it saves a host synchronisation on accelerators.
+    """
     counts = counts_from_offsets(offsets)
     segments = torch.arange(counts.numel(), device=offsets.device)
-    total = int(offsets[-1]) if offsets.numel() else 0
-    return torch.repeat_interleave(segments, counts, output_size=total)
+    if num_rows is None:
+        num_rows = int(offsets[-1]) if offsets.numel() else 0
+    return torch.repeat_interleave(segments, counts, output_size=num_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,11 +170,13 @@ def _segment_reduce(src: Tensor, offsets: Tensor, reduce: str) -> Tensor:
         # max/min of torch_scatter return (values, argmax).
         out = _torch_scatter.segment_csr(src, offsets, reduce=reduce)
         return out[0] if isinstance(out, tuple) else out
-    if src.device.type == "cpu" and torch.get_num_threads() > 1 and src[:1].numel() >= 32:
+    if (src.device.type == "cpu" and src[:1].numel() >= 32 and not torch.compiler.is_compiling()
+            and torch.get_num_threads() > 1):
         # Measured on a quiet machine, 1M rows into 100k segments: segment_reduce runs on one thread
         # whatever the setting, while the scatter kernels use them all; with 2 threads they win on rows of
-        # >= 32 values (64: sum 40 vs 49 ms, max 39 vs 69 ms) and lose on narrower rows.
-        index = index_from_offsets(offsets)
+        # >= 32 values (64: sum 40 vs 49 ms, max 39 vs 69 ms) and lose on narrower rows. The thread count
+        # is not traceable, so torch.compile takes segment_reduce (no graph break).
+        index = index_from_offsets(offsets, src.size(0))
         out = src.new_zeros((num_segments,) + tuple(src.shape[1:]))
         if reduce == "sum":
             return out.index_add_(0, index, src)
@@ -167,10 +186,9 @@ def _segment_reduce(src: Tensor, offsets: Tensor, reduce: str) -> Tensor:
     out = torch.segment_reduce(src, reduce, offsets=offsets, axis=0, unsafe=True)
     if reduce in ("max", "min"):
         # Empty segments come back as -inf/+inf; define them as 0 (a copy only when autograd needs it).
-        empty = offsets[1:] == offsets[:-1]
-        if bool(empty.any()):
-            empty = empty.view((-1,) + (1,) * (src.dim() - 1))
-            out = out.masked_fill(empty, 0) if out.requires_grad else out.masked_fill_(empty, 0)
+        # Unconditionally: testing for empty segments first would synchronise with the host.
+        empty = (offsets[1:] == offsets[:-1]).view((-1,) + (1,) * (src.dim() - 1))
+        out = out.masked_fill(empty, 0) if out.requires_grad else out.masked_fill_(empty, 0)
     return out
 
 

@@ -188,13 +188,18 @@ def voxelize(
             raise ValueError(f"batch: expected a 1-D tensor [N] with N={num_points}, got {shape}")
         if batch.is_floating_point():
             raise TypeError(f"batch: expected an integer tensor, got dtype {batch.dtype}")
-        if num_points > 0 and int(batch.min()) < 0:
-            raise ValueError(f"batch: expected non-negative batch ids, got minimum {int(batch.min())}")
     spatial_shape = grid_shape(voxel_size, point_range)
-    if batch is not None and batch_size is not None and num_points > 0 and int(batch.max()) >= batch_size:
-        raise ValueError(f"batch: expected ids in [0, {batch_size}) (batch_size), got maximum {int(batch.max())}")
+    if batch is not None and num_points > 0 and (batch_size is None or backends.debug_checks()):
+        # one read of both ends: the range is checked for free when batch_size has to be inferred anyway
+        low, high = torch.stack(batch.aminmax()).tolist()
+        if low < 0:
+            raise ValueError(f"batch: expected non-negative batch ids, got minimum {low}")
+        if batch_size is not None and high >= batch_size:
+            raise ValueError(f"batch: expected ids in [0, {batch_size}) (batch_size), got maximum {high}")
+        if batch_size is None:
+            batch_size = high + 1
     if batch_size is None:
-        batch_size = int(batch.max()) + 1 if batch is not None and num_points > 0 else 1
+        batch_size = 1
     z_size, y_size, x_size = spatial_shape
     if batch_size * z_size * y_size * x_size >= 2**62:
         raise ValueError(f"spatial_shape: grid {spatial_shape} x batch {batch_size} does not fit int64 keys")

@@ -169,8 +169,6 @@ class WindowIndex:
         device = coords.device
         num_voxels = coords.shape[0]
         c = coords.long()
-        if num_voxels > 0 and int(c.min()) < 0:
-            raise ValueError(f"coords: expected non-negative coords, got minimum {int(c.min())}")
         window_parts = [c[:, 0]]
         for axis, (size, extra) in enumerate(zip(shape, offset), start=1):
             if size is None:
@@ -178,9 +176,12 @@ class WindowIndex:
             else:
                 window_parts.append(torch.div(c[:, axis] + extra, size, rounding_mode="floor"))
         window_part = torch.stack(window_parts, dim=1)  # [N, 4]
-        # pack (b, wz, wy, wx) into one key with per-axis bounds from the data
+        # pack (b, wz, wy, wx) into one key with per-axis bounds from the data; the same read of the data
+        # checks that no coordinate is negative (which would break the packing)
         if num_voxels > 0:
-            extents = (window_part.amax(dim=0) + 1).tolist()
+            lowest, *extents = torch.cat([c.amin().view(1), window_part.amax(dim=0) + 1]).tolist()
+            if lowest < 0:
+                raise ValueError(f"coords: expected non-negative coords, got minimum {lowest}")
         else:
             extents = [1, 1, 1, 1]
         key = window_part[:, 0]

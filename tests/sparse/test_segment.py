@@ -192,3 +192,39 @@ def test_scatter_is_permutation_invariant(groups, rnd):
     for fn in SCATTER_FNS.values():
         torch.testing.assert_close(fn(src[perm], index[perm], 5), fn(src, index, 5))
     torch.testing.assert_close(scatter_softmax(src[perm], index[perm], 5), scatter_softmax(src, index, 5)[perm])
+
+
+def test_scatter_index_range_is_a_debug_check(monkeypatch):
+    """An index past ``dim_size`` is named with its range under GEOATTN_DEBUG=1 (torch's own IndexError
+    otherwise, a device-side assert on CUDA)."""
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    for fn in (*SCATTER_FNS.values(), scatter_softmax):
+        with pytest.raises(ValueError, match=r"index: expected values in \[0, 2\) \(dim_size\), got range \[0, 5\]"):
+            fn(torch.randn(3, 2), torch.tensor([0, 5, 1]), 2)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_segment_reductions_read_no_tensor_value(reduce, threads):
+    """Given offsets (and dim_size), the reductions never read a tensor value into Python: no host
+    synchronisation on CUDA. Empty segments are zeroed without first testing whether there are any."""
+    from tests.nn._host_sync import forbid_host_sync
+
+    src = torch.randn(7, 40)  # rows of >= 32 values take the multi-threaded scatter path with 2 threads
+    offsets = torch.tensor([0, 3, 3, 7])
+    index = index_from_offsets(offsets)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with forbid_host_sync():
+            out = SEGMENT_FNS[reduce](src, offsets)
+            scattered = SCATTER_FNS[reduce](src, index, 3)
+            softmax = segment_softmax(src, offsets)
+            rows = index_from_offsets(offsets, 7)
+    finally:
+        torch.set_num_threads(previous)
+    expected = reference_reduce(src, index, 3, reduce)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(scattered, expected)
+    torch.testing.assert_close(softmax, reference_softmax(src, index, 3))
+    assert torch.equal(rows, index)

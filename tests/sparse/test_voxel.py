@@ -203,10 +203,18 @@ def test_grid_shape_and_errors():
         voxelize(torch.zeros(4, 3, dtype=torch.long), 0.1, RANGE)
     with pytest.raises(ValueError, match="features"):
         voxelize(torch.zeros(4, 3), 0.1, RANGE, features=torch.zeros(3, 2))
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ValueError, match="batch: expected non-negative batch ids, got minimum -1"):
         voxelize(torch.zeros(4, 3), 0.1, RANGE, batch=torch.tensor([0, 0, -1, 0]))
-    with pytest.raises(ValueError, match="batch"):
-        voxelize(torch.zeros(4, 3), 0.1, RANGE, batch=torch.tensor([0, 0, 3, 0]), batch_size=2)
+
+
+def test_voxelize_batch_range_against_batch_size_is_a_debug_check(monkeypatch):
+    """With ``batch_size`` given the ids are not read (a host synchronisation), unless GEOATTN_DEBUG=1."""
+    batch = torch.tensor([0, 0, 3, 0])
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"batch: expected ids in \[0, 2\) \(batch_size\), got maximum 3"):
+        voxelize(torch.zeros(4, 3), 0.1, RANGE, batch=batch, batch_size=2)
+    with pytest.raises(ValueError, match="batch: expected non-negative batch ids, got minimum -3"):
+        voxelize(torch.zeros(4, 3), 0.1, RANGE, batch=-batch, batch_size=2)
 
 
 def test_voxel_tensor_dense_and_errors():
