@@ -18,7 +18,9 @@ inside ``--root``, or a temporary one for synthetic data) and is reused when its
 Metric: OGB ``Evaluator`` accuracy; reported: test accuracy at the best validation accuracy. Under
 torchrun, rank 0 builds the cache and writes checkpoints, batches are sharded with a
 ``DistributedSampler``, evaluation is sharded and all-reduced; the codebook buffers follow rank 0
-(DDP broadcasts buffers every step).
+(DDP broadcasts buffers every step). Collectives wait at most ``--dist-timeout`` seconds for the other
+processes (a rank that died or stopped early ends the run with an error, not a hang), and the process
+group is destroyed on every exit path.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -73,7 +76,13 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", default=None, help="checkpoint file, rewritten after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     parser.add_argument("--json", action="store_true", help="print a final JSON line (rank 0)")
-    return parser.parse_args(argv)
+    parser.add_argument("--dist-timeout", type=float, default=600.0,
+                        help="seconds a DDP collective may wait for the other processes before it fails (and the "
+                             "run ends with an error instead of hanging)")
+    args = parser.parse_args(argv)
+    if not args.dist_timeout > 0:
+        parser.error(f"--dist-timeout: expected a positive number of seconds, got {args.dist_timeout}")
+    return args
 
 
 def fail(message: str) -> int:
@@ -160,10 +169,18 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=timedelta(seconds=args.dist_timeout))
+    try:
+        return train(args, device, rank, world)
+    finally:  # every exit path (result, error return, exception) leaves no process group behind
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args, device: torch.device, rank: int, world: int) -> int:
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     torch.manual_seed(args.seed)
     verbose = rank == 0 and not args.json
     with tempfile.TemporaryDirectory(prefix="geoattn_ogb_") as tmp:
@@ -246,8 +263,6 @@ def main(argv=None) -> int:
                   "final_loss": history[-1]["loss"] if history else None}
         if rank == 0:
             print(json.dumps(result) if args.json else f"result: {json.dumps(result)}")
-    if world > 1:
-        dist.destroy_process_group()
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,17 +62,60 @@ def test_ogb_example_snap_patents_mat(tmp_path, capsys):
     assert last_json(capsys.readouterr().out)["dataset"] == "snap-patents"
 
 
+def _run_process_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``command`` in a session of its own and kill the whole session (torchrun *and* its workers) when it
+    overruns ``timeout`` or the test is interrupted, and after it exits, so that no worker outlives the test."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, **kwargs)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"{' '.join(command[:6])} ... did not finish in {timeout} s (process group killed); "
+                    f"stderr: {err[-3000:]}")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # workers left behind by a clean torchrun exit, if any
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 def test_ddp_two_processes_on_cpu(tmp_path):
     checkpoint = tmp_path / "ddp.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(EXAMPLES / "ogb_largegt.py"), "--epochs", "1", "--checkpoint", str(checkpoint), *SMALL]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+               str(EXAMPLES / "ogb_largegt.py"), "--epochs", "1", "--checkpoint", str(checkpoint),
+               "--dist-timeout", "300", *SMALL]
+    completed = _run_process_group(command, timeout=400, env=env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = last_json(completed.stdout)
     assert result["world_size"] == 2 and result["epochs"] == 1
     state = torch.load(checkpoint, weights_only=True)
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_process_group_has_a_timeout_and_is_torn_down_on_error_paths(tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE=2 makes the example set up DDP; a one-process gloo group stands in for the real one."""
+    import datetime
+
+    import torch.distributed as dist
+
+    example = load_example("ogb_largegt")
+    seen, init = {}, dist.init_process_group
+
+    def init_one_process_group(backend, timeout=None):
+        seen["timeout"] = timeout
+        init(backend, store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1, timeout=timeout)
+
+    monkeypatch.setattr(example.dist, "init_process_group", init_one_process_group)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    torch.save(torch.zeros(3, 2), tmp_path / "pos.pt")  # wrong number of rows: an error return after set-up
+    assert example.main(SMALL + ["--pos-enc", str(tmp_path / "pos.pt"), "--dist-timeout", "42"]) == 2
+    assert "--pos-enc" in capsys.readouterr().err
+    assert seen["timeout"] == datetime.timedelta(seconds=42) and not dist.is_initialized()
 
 
 def test_planetoid_example_on_cora(real_data, capsys):
