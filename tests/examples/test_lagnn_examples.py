@@ -120,6 +120,75 @@ def test_ogbn_example_on_synthetic_ogb_data(tmp_path):
     assert plain["model"] == "gcn"
 
 
+OGBN_TINY = ["--synthetic-nodes", "120", "--hidden", "8", "--epochs", "6", "--generator-steps", "2", "--quiet",
+             "--save-every", "2"]
+
+
+def test_ogbn_example_same_numbers_seed_alone_and_exact_resume(tmp_path, monkeypatch):
+    """Same command, same numbers; run 1 of --seed 0 is --seed 1 alone; a run interrupted after its
+    saved epoch 4 state ends as the uninterrupted one; per-run log.csv and curve.png."""
+    pytest.importorskip("ogb")
+    example = load_example("ogbn_arxiv_lagnn")
+    results = []
+    for name, extra in (("a", ["--runs", "2"]), ("b", ["--runs", "2"]), ("c", ["--runs", "1", "--seed", "1"])):
+        torch.manual_seed(999 + len(results))
+        results.append(example.main(OGBN_TINY + extra + ["--checkpoint", str(tmp_path / f"{name}.json")]))
+    assert results[0]["test_accs"] == results[1]["test_accs"] and results[0]["generator_seeds"] == [0, 1]
+    runs = [_without_timing(json.loads((tmp_path / f"{name}.json").read_text())["runs"]) for name in "abc"]
+    assert runs[0] == runs[1] and runs[2] == runs[0][1:]
+    # interrupted right after run 1 saved its epoch-4 state (run 0 is recorded by then)
+    save = example.save_checkpoint
+
+    def save_then_stop(path, state):
+        save(path, state)
+        if path.name.endswith("seed1.pt") and state["epoch"] == 4:
+            raise KeyboardInterrupt
+
+    part, logs = tmp_path / "part.json", str(tmp_path / "logs")
+    monkeypatch.setattr(example, "save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        example.main(OGBN_TINY + ["--runs", "2", "--checkpoint", str(part), "--out", logs])
+    monkeypatch.undo()
+    assert len(json.loads(part.read_text())["runs"]) == 1 and (tmp_path / "part.json.seed1.pt").is_file()
+    resumed = example.main(OGBN_TINY + ["--runs", "2", "--checkpoint", str(part), "--resume", "--out", logs])
+    assert resumed["test_accs"] == results[0]["test_accs"]
+    assert _without_timing(json.loads(part.read_text())["runs"]) == runs[0]
+    assert not (tmp_path / "part.json.seed1.pt").exists()
+    assert_log_files(tmp_path / "logs" / "seed_1", 6, ["loss", "valid_acc"])
+
+
+@pytest.mark.slow
+def test_ogbn_example_two_cpu_processes(tmp_path):
+    """torchrun, 2 gloo processes: the 3 runs are shared out and give the single-process figures."""
+    pytest.importorskip("ogb")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.examples import EXAMPLES
+
+    example = load_example("ogbn_arxiv_lagnn")
+    single = example.main(OGBN_TINY + ["--runs", "3", "--threads", "1"])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(EXAMPLES / "ogbn_arxiv_lagnn.py"), *OGBN_TINY, "--runs", "3", "--threads", "1", "--json",
+               "--dist-timeout", "120", "--checkpoint", str(tmp_path / "runs.json"), "--out", str(tmp_path / "logs")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["world_size"] == 2 and result["test_accs"] == single["test_accs"]
+    assert [run["seed"] for run in json.loads((tmp_path / "runs.json").read_text())["runs"]] == [0, 1, 2]
+    for seed in range(3):
+        assert_log_files(tmp_path / "logs" / f"seed_{seed}", 6, ["loss", "valid_acc"])
+
+
 def test_planetoid_epoch_selector_rules():
     example = load_example("planetoid_lagnn")
     #                  epoch: 0     1     2     3     4     5
