@@ -11,3 +11,5 @@ from geoattn.nn.scatterformer import (AttentionPillarPooling, CrossWindowInterac
                                       ScatteredLinearAttention, ScatterFormerBlock, depthwise_sparse_conv)
 from geoattn.nn.logonet import (CameraProjection, CameraSetup, FeatureDynamicAggregation, GlobalFusion, LocalFusion,
                                 PointImageFusion, RoIGridPool, project_to_cameras, roi_grid_points, voxel_centroids)
+from geoattn.nn.scatterformer import cached_window_index
+from geoattn.nn.conv import AGCNConv, LargeGTConv, PPFAttentionConv, knn_edge_index
