@@ -34,7 +34,9 @@ class LargeGT(nn.Module):
     * head: concat -> Linear -> BN -> ReLU -> Dropout -> Linear(., h) -> BN -> ReLU -> Dropout -> Linear(h, classes).
 
     Batch normalisation falls back to running statistics for a batch of one, so ``B = 1`` works in
-    training and inference. No experiment tracker is involved.
+    training and inference. No experiment tracker is involved. Runs in the dtype of its parameters
+    (float32, float64 or bfloat16, see the layers for what bfloat16 computes in float32); the inputs
+    must match it.
 
     Args:
         in_channels: node feature width ``F``; hidden_channels: ``h``; out_channels: number of classes.
@@ -100,6 +102,11 @@ class LargeGT(nn.Module):
         if tokens is not None and (tokens.dim() != 3 or tokens.size(-1) != self.in_channels):
             raise ValueError(f"tokens: expected a 3-D tensor [B, 3K, F] with F={self.in_channels}, "
                              f"got shape {tuple(tokens.shape)}")
+        dtype = self.head[0].weight.dtype
+        for name, value in (("tokens", tokens), ("x", x), ("pos_enc", pos_enc)):
+            if value is not None and value.dtype != dtype:
+                raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the model's parameters), "
+                                f"got {value.dtype}")
         branches = []
         if self.local is not None:
             branches.append(self.local(self.token_encoder(F.dropout(tokens, self.input_dropout, self.training))))

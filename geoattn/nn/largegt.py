@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geoattn import backends
+
 __all__ = ["LargeGTLocalAttention", "CodebookGlobalAttention"]
 
 
@@ -20,12 +22,15 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _check_tensor(name: str, value, ndim: int, last: int | None = None, shape_text: str = "") -> None:
+def _check_tensor(name: str, value, ndim: int, last: int | None = None, shape_text: str = "",
+                  dtype: torch.dtype | None = None) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim or (last is not None and value.size(-1) != last):
         expected = f"a {ndim}-D tensor {shape_text}" + (f" with last dimension {last}" if last is not None else "")
         raise ValueError(f"{name}: expected {expected}, got shape {tuple(value.shape)}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the layer's parameters), got {value.dtype}")
 
 
 class LargeGTLocalAttention(nn.Module):
@@ -43,6 +48,9 @@ class LargeGTLocalAttention(nn.Module):
     As in the official code the per-head size defaults to ``d = channels`` (not ``channels / heads``) and
     there is no feed-forward block; the output has ``heads * head_channels`` features. Without positional
     encodings the output is invariant to any permutation of tokens ``1..T-1``.
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16; ``tokens`` must match): bfloat16
+    computes in bfloat16 except the readout softmax, normalised in float32.
 
     Args:
         channels: token width ``C``.
@@ -89,7 +97,7 @@ class LargeGTLocalAttention(nn.Module):
         self.norm_out.reset_parameters()
 
     def forward(self, tokens: Tensor, return_attention: bool = False):
-        _check_tensor("tokens", tokens, 3, self.channels, "[B, T, C]")
+        _check_tensor("tokens", tokens, 3, self.channels, "[B, T, C]", self.lin_in.weight.dtype)
         if tokens.size(1) < 1:
             raise ValueError("tokens: expected at least one token (the target) per set, got T = 0")
         batch, num_tokens, _ = tokens.shape
@@ -136,6 +144,15 @@ class CodebookGlobalAttention(nn.Module):
     ``num_nodes``), never recomputed over all nodes. Unlike GOAT the EMA sizes start at 1 and the EMA
     sums at the initial centroids, so unused centroids keep their position instead of drifting.
     In eval mode nothing changes.
+
+    A batch with a non-finite query (NaN or inf in ``x``, ``pos_enc`` or the weights) leaves the codebook,
+    the running statistics and the assignments unchanged: one bad batch would otherwise turn every
+    centroid NaN for good. The choice is made on the device (no host synchronisation); with
+    ``GEOATTN_DEBUG=1`` such a batch raises ``ValueError`` instead.
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16; ``x`` and ``pos_enc`` must match).
+    Attention logits and softmax are computed in float32 for bfloat16; the codebook update is computed in
+    at least float32 and stored in the buffers' dtype.
 
     Args:
         in_channels: width of ``x``.
@@ -204,59 +221,81 @@ class CodebookGlobalAttention(nn.Module):
                                                 device=self.assignment.device))
             self.cluster_counts.copy_(torch.bincount(self.assignment.long(), minlength=self.num_centroids))
 
-    def _normalise(self, queries: Tensor) -> Tensor:
-        if queries.size(0) > 1:
-            return self.norm(queries)
-        # a single sample has no batch statistics: use the running ones (and leave them unchanged)
-        return (queries - self.norm.running_mean) / torch.sqrt(self.norm.running_var + self.eps)
-
     @torch.no_grad()
     def _update(self, queries: Tensor, node_index: Tensor) -> None:
-        normalised = self._normalise(queries.float())
-        distances = torch.cdist(normalised, self.embedding.float()).pow(2)
-        nearest = distances.argmin(dim=1)
-        counts = torch.bincount(nearest, minlength=self.num_centroids).to(self.ema_cluster_size.dtype)
-        self.ema_cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        total = self.ema_cluster_size.sum()
-        self.ema_cluster_size.copy_((self.ema_cluster_size + self.eps) / (total + self.num_centroids * self.eps) * total)
-        sums = torch.zeros_like(self.ema_w).index_add_(0, nearest, normalised.to(self.ema_w.dtype))
-        self.ema_w.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        self.embedding.copy_(self.ema_w / self.ema_cluster_size[:, None])
-        scale = torch.sqrt(self.norm.running_var + self.eps)
-        self.embedding_output.copy_(self.embedding * scale + self.norm.running_mean)
+        work = torch.promote_types(self.embedding.dtype, torch.float32)
+        queries = queries.to(work)
+        running_mean, running_var = self.norm.running_mean.to(work), self.norm.running_var.to(work)
+        if queries.size(0) > 1:
+            # BatchNorm1d in training mode, written out so that it runs in `work` whatever the buffers' dtype
+            mean, var = queries.mean(dim=0), queries.var(dim=0, unbiased=False)
+            normalised = (queries - mean) / torch.sqrt(var + self.eps)
+            momentum = self.norm.momentum
+            unbiased = var * (queries.size(0) / (queries.size(0) - 1))
+            running_mean = (1 - momentum) * running_mean + momentum * mean
+            running_var = (1 - momentum) * running_var + momentum * unbiased
+        else:
+            # a single sample has no batch statistics: use the running ones (and leave them unchanged)
+            normalised = (queries - running_mean) / torch.sqrt(running_var + self.eps)
+        finite = torch.isfinite(normalised).all()
+        if backends.debug_checks() and not bool(finite):
+            raise ValueError("x: expected finite queries for the codebook update, got NaN or inf "
+                             "(in x, pos_enc or the layer's weights)")
+        nearest = torch.cdist(normalised, self.embedding.to(work)).pow(2).argmin(dim=1)
+        counts = torch.bincount(nearest, minlength=self.num_centroids).to(work)
+        size = self.ema_cluster_size.to(work) * self.decay + counts * (1 - self.decay)
+        total = size.sum()
+        size = (size + self.eps) / (total + self.num_centroids * self.eps) * total
+        sums = torch.zeros(self.ema_w.shape, dtype=work, device=queries.device).index_add_(0, nearest, normalised)
+        ema_w = self.ema_w.to(work) * self.decay + sums * (1 - self.decay)
+        embedding = ema_w / size[:, None]
+        embedding_output = embedding * torch.sqrt(running_var + self.eps) + running_mean
+        # a non-finite batch keeps every state as it was: selected on the device, no host synchronisation
+        for buffer, value in ((self.norm.running_mean, running_mean), (self.norm.running_var, running_var),
+                              (self.ema_cluster_size, size), (self.ema_w, ema_w), (self.embedding, embedding),
+                              (self.embedding_output, embedding_output)):
+            buffer.copy_(torch.where(finite, value, buffer.to(work)))
+        if queries.size(0) > 1:
+            self.norm.num_batches_tracked.add_(finite.long())
         # assignments: one entry per distinct node (the last occurrence wins), counts kept in sync
         unique, inverse = torch.unique(node_index, return_inverse=True)
         new = torch.empty_like(unique)
         new[inverse] = nearest
         old = self.assignment[unique].long()
+        new = torch.where(finite, new, old)
         self.cluster_counts.index_add_(0, old, torch.full_like(old, -1))
         self.cluster_counts.index_add_(0, new, torch.ones_like(new))
         self.assignment[unique] = new.to(torch.int32)
 
     def forward(self, x: Tensor, node_index: Tensor | None = None, pos_enc: Tensor | None = None,
                 return_attention: bool = False):
-        _check_tensor("x", x, 2, self.in_channels, "[B, in_channels]")
+        dtype = self.lin_global.weight.dtype
+        _check_tensor("x", x, 2, self.in_channels, "[B, in_channels]", dtype)
         batch = x.size(0)
         parts = [self.lin_global(x)]
         if self.pos_channels:
             if pos_enc is None:
                 raise ValueError(f"pos_enc: expected a tensor [B, {self.pos_channels}] (pos_channels > 0), got None")
-            _check_tensor("pos_enc", pos_enc, 2, self.pos_channels, "[B, pos_channels]")
+            _check_tensor("pos_enc", pos_enc, 2, self.pos_channels, "[B, pos_channels]", dtype)
             if pos_enc.size(0) != batch:
                 raise ValueError(f"pos_enc: expected {batch} rows (as x), got {pos_enc.size(0)}")
-            parts.append(pos_enc.to(x.dtype))
+            parts.append(pos_enc)
         elif pos_enc is not None:
             raise ValueError("pos_enc: this layer was built with pos_channels=0, got a tensor")
         queries = torch.cat(parts, dim=-1)
         if self.training:
             if node_index is None:
                 raise ValueError("node_index: required in training mode (the codebook assigns graph nodes)")
-            if node_index.shape != (batch,) or node_index.dtype not in (torch.int64, torch.int32):
-                raise ValueError(f"node_index: expected an integer tensor of shape ({batch},), "
-                                 f"got {node_index.dtype} {tuple(node_index.shape)}")
-            if batch and (int(node_index.min()) < 0 or int(node_index.max()) >= self.num_nodes):
-                raise ValueError(f"node_index: expected ids in [0, {self.num_nodes}), "
-                                 f"got range [{int(node_index.min())}, {int(node_index.max())}]")
+            if not isinstance(node_index, Tensor) or node_index.dtype not in (torch.int64, torch.int32):
+                kind = node_index.dtype if isinstance(node_index, Tensor) else type(node_index).__name__
+                raise TypeError(f"node_index: expected an int64 or int32 tensor, got {kind}")
+            if node_index.shape != (batch,):
+                raise ValueError(f"node_index: expected shape ({batch},) (one id per row of x), "
+                                 f"got {tuple(node_index.shape)}")
+            if batch and backends.debug_checks():
+                low, high = torch.stack(node_index.aminmax()).tolist()
+                if low < 0 or high >= self.num_nodes:
+                    raise ValueError(f"node_index: expected ids in [0, {self.num_nodes}), got range [{low}, {high}]")
             if batch:
                 self._update(queries.detach(), node_index.long())
         centroids = self.embedding_output.to(x.dtype)

@@ -58,3 +58,22 @@ def test_input_dropout_only_in_training():
     first = model(tokens, node_index=torch.arange(4))
     torch.manual_seed(2)
     assert not torch.allclose(first, model(tokens, node_index=torch.arange(4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_model_trains_and_infers_in_every_dtype(dtype):
+    model = LargeGT(10, 16, 3, num_nodes=30, num_centroids=8, global_channels=8, pos_channels=4).to(dtype)
+    tokens, pos = torch.randn(6, 9, 10, dtype=dtype), torch.randn(6, 4, dtype=dtype)
+    out = model(tokens, node_index=torch.arange(6), pos_enc=pos)
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    model.eval()
+    assert torch.isfinite(model(tokens, pos_enc=pos).float()).all()
+
+
+def test_wrong_input_dtype_is_refused_at_the_door():
+    model = LargeGT(10, 16, 3, num_nodes=30, num_centroids=8, global_channels=8)
+    with pytest.raises(TypeError, match="tokens: expected dtype torch.float32 .*, got torch.float64"):
+        model(torch.randn(2, 9, 10, dtype=torch.float64), node_index=torch.arange(2))
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.int64"):
+        model(torch.randn(2, 9, 10), x=torch.ones(2, 10, dtype=torch.long), node_index=torch.arange(2))

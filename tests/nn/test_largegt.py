@@ -177,10 +177,18 @@ def test_codebook_bad_arguments():
     layer = make_codebook()
     with pytest.raises(ValueError, match="node_index: required"):
         layer(torch.randn(3, 6))
-    with pytest.raises(ValueError, match=r"node_index: expected ids in \[0, 40\)"):
-        layer(torch.randn(2, 6), torch.tensor([0, 40]))
-    with pytest.raises(ValueError, match="node_index: expected an integer tensor of shape"):
+    with pytest.raises(ValueError, match=r"node_index: expected shape \(2,\) \(one id per row of x\), got \(1,\)"):
         layer(torch.randn(2, 6), torch.tensor([0]))
+    with pytest.raises(TypeError, match="node_index: expected an int64 or int32 tensor, got torch.float32"):
+        layer(torch.randn(2, 6), torch.tensor([0.0, 1.0]))
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.float64"):
+        layer(torch.randn(2, 6, dtype=torch.float64), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.int64"):
+        layer(torch.ones(2, 6, dtype=torch.long), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="pos_enc: expected dtype torch.float32 .*, got torch.float64"):
+        make_codebook(pos_channels=2)(torch.randn(2, 6), torch.tensor([0, 1]), torch.randn(2, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="tokens: expected dtype torch.float32 .*, got torch.bfloat16"):
+        LargeGTLocalAttention(6)(torch.randn(2, 3, 6, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="x: expected a 2-D tensor"):
         layer(torch.randn(2, 5), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="pos_enc"):
@@ -189,3 +197,66 @@ def test_codebook_bad_arguments():
         make_codebook(pos_channels=2)(torch.randn(2, 6), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="decay"):
         make_codebook(decay=1.0)
+
+
+def test_codebook_node_index_range_is_a_debug_check(monkeypatch):
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"node_index: expected ids in \[0, 40\), got range \[0, 40\]"):
+        make_codebook()(torch.randn(2, 6), torch.tensor([0, 40]))
+
+
+def _codebook_state(layer):
+    return {name: value.clone() for name, value in layer.named_buffers()}
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_codebook_skips_a_non_finite_batch(rows):
+    """One NaN in one batch used to make every centroid and running statistic NaN for good."""
+    layer = make_codebook()
+    layer(torch.randn(4, 6), torch.arange(4))
+    before = _codebook_state(layer)
+    x = torch.randn(rows, 6)
+    x[0, 2] = float("nan")
+    layer(x, torch.arange(10, 10 + rows))
+    after = _codebook_state(layer)
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+    layer.eval()
+    assert torch.isfinite(layer(torch.randn(3, 6))).all()
+    layer.train()
+    layer(torch.randn(4, 6), torch.arange(4))  # a finite batch still trains the codebook
+    assert not torch.equal(layer.embedding, before["embedding"])
+    assert torch.isfinite(layer.embedding).all() and int(layer.cluster_counts.sum()) == 40
+
+
+def test_codebook_non_finite_batch_raises_in_debug(monkeypatch):
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    layer = make_codebook()
+    with pytest.raises(ValueError, match="x: expected finite queries for the codebook update"):
+        layer(torch.tensor([[1.0, 2.0, float("inf"), 0.0, 0.0, 0.0], [0.0] * 6]), torch.arange(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_largegt_layers_run_in_every_dtype(dtype):
+    """float32, float64 and bfloat16, training (codebook update) and eval, against float32 in eval."""
+    local, codebook = LargeGTLocalAttention(6), make_codebook(pos_channels=2)
+    tokens, x, pos = torch.randn(5, 4, 6), torch.randn(5, 6), torch.randn(5, 2)
+    local.eval()
+    expected_local = local(tokens)
+    codebook.train()
+    codebook(x, torch.arange(5), pos)  # float32 update, then the same state in every dtype
+    codebook.eval()
+    expected_global = codebook(x, pos_enc=pos)
+    local, codebook = local.to(dtype), codebook.to(dtype)
+    out_local = local(tokens.to(dtype))
+    out_global = codebook(x.to(dtype), pos_enc=pos.to(dtype))
+    assert out_local.dtype == dtype and out_global.dtype == dtype
+    tolerance = 5e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out_local.float(), expected_local, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(out_global.float(), expected_global, atol=tolerance, rtol=tolerance)
+    local.train()
+    codebook.train()
+    local(tokens.to(dtype)).sum().backward()
+    codebook(x.to(dtype), torch.arange(5), pos.to(dtype)).sum().backward()
+    assert torch.isfinite(codebook.embedding).all() and codebook.embedding.dtype == dtype
+    assert int(codebook.cluster_counts.sum()) == 40
