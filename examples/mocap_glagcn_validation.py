@@ -37,6 +37,7 @@ from geoattn.models import GLAGCN, TemporalConvLifter  # noqa: E402
 from geoattn.pose.cameras import random_cameras  # noqa: E402
 from geoattn.pose.training import (ScaleNormalizedLifter, bn_momentum, pose_metrics, predict,  # noqa: E402
                                    recalibrate_batch_norm, set_bn_momentum, train_epoch)
+from geoattn.train_log import TrainingLog  # noqa: E402
 
 
 def frame_range(text: str) -> tuple[int, int]:
@@ -75,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--log-every", type=int, default=5)
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="write log.csv (per-epoch training MPJPE, validation MPJPE every --log-every epochs) "
+                             "and curve.png there")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs, eta_min=args.lr * 0.01)
     rng = np.random.default_rng(args.seed)
     history, started = [], time.time()
+    log = TrainingLog(args.log_dir) if args.log_dir is not None else None
     for epoch in range(args.epochs):
         rng_epoch = np.random.default_rng([args.seed, epoch])
         cameras = random_cameras(args.cameras_per_epoch, centre, rng_epoch, avoid=eval_cameras,
@@ -140,11 +145,14 @@ def main(argv=None) -> int:
             loss = train_epoch(model, windows, optimizer, args.batch_size, rng, args.device,
                                progress=lambda n, value: (bar.update(n), bar.set_postfix(loss=f"{value:.4f}")))
         scheduler.step()
+        row = {"epoch": epoch + 1, "train_mpjpe_mm": round(loss * 1000, 1)}
         if args.log_every and (epoch + 1) % args.log_every == 0 and epoch + 1 < args.epochs:
-            record = {"epoch": epoch + 1, "train_mpjpe_mm": round(loss * 1000, 1),
-                      "validation_mpjpe_mm": round(validation_mpjpe(), 2)}
-            history.append(record)
-            print(json.dumps(record), file=sys.stderr, flush=True)
+            row["validation_mpjpe_mm"] = round(validation_mpjpe(), 2)
+            history.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        if log is not None:
+            log.append(row)
+            log.plot(title=f"{args.model}, validation split {start}:{end}")
     running = validation_mpjpe()
     recalibrate_batch_norm(model, windows, batch_size=256, device=args.device)
     summary = {
@@ -162,4 +170,4 @@ if __name__ == "__main__":
         sys.exit(main())
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2)

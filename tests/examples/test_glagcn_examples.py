@@ -182,16 +182,17 @@ def test_h36m_example_two_cpu_processes(tmp_path):
     assert_log_files(tmp_path / "ddp", 2, ["train_mpjpe_mm"])
 
 
-def test_mocap_validation_split_never_touches_the_evaluation_part(real_data, capsys):
+def test_mocap_validation_split_never_touches_the_evaluation_part(real_data, tmp_path, capsys):
     example = load_example("mocap_glagcn_validation")
     clip = str(real_data / "pose/cmu_131_01_h36m17.npy")
     common = ["--npy", clip, "--epochs", "2", "--log-every", "1", "--channels", "8", "--filter-widths", "3",
               "--cameras-per-epoch", "2", "--frame-stride", "30", "--json", "--quiet"]
     for model in ("glagcn", "baseline"):
-        assert example.main(common + ["--model", model]) == 0
+        assert example.main(common + ["--model", model, "--log-dir", str(tmp_path / model)]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["model"] == model and result["holdout"] == "170:215" and len(result["history"]) == 1
         assert np.isfinite(result["validation_mpjpe_mm"]) and np.isfinite(result["validation_mpjpe_recalibrated_bn_mm"])
+        assert_log_files(tmp_path / model, 2, ["train_mpjpe_mm"])
     with pytest.raises(ValueError, match="--holdout"):
         example.main(common + ["--holdout", "280:300"])  # past the training part (290 of 415 frames)
     with pytest.raises(ValueError, match="no training frames"):
