@@ -178,6 +178,10 @@ class LoGoNetHead(nn.Module):
         loss_weights: weights of the (score, residual, corner) losses.
 
     ``forward`` returns ``{'scores': [R] logits, 'residuals': [R, 7], 'boxes': [R, 7] decoded}``.
+    The head runs in the dtype of its parameters (float32, float64 or bfloat16): level features and image
+    features in that dtype, geometry (rois, positions, points, cameras) in any floating dtype; decoded
+    boxes follow the promotion of the residuals with the rois (bfloat16 residuals on float32 rois give
+    float32 boxes).
     """
 
     def __init__(self, level_channels: Sequence[int] = (64, 64), image_channels: int = 64,
@@ -236,6 +240,9 @@ class LoGoNetHead(nn.Module):
             image_features: ``[V, C_i, H, W]`` (or a list per image level) for the ``V`` images of ``cameras``.
         """
         check_boxes(rois, "rois")
+        if not isinstance(roi_batch, Tensor) or roi_batch.shape != (rois.shape[0],) or roi_batch.is_floating_point():
+            shape = (roi_batch.dtype, tuple(roi_batch.shape)) if isinstance(roi_batch, Tensor) else roi_batch
+            raise ValueError(f"roi_batch: expected an integer tensor [{rois.shape[0]}] (one id per RoI), got {shape}")
         if len(levels) != len(self.pools):
             raise ValueError(f"levels: expected {len(self.pools)} PointSets, got {len(levels)}")
         num_rois, cells = rois.shape[0], self.grid_size ** 3

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geoattn import backends
 from geoattn.sparse.boxes import check_boxes, points_in_boxes_pairs, rotate_points_z
 from geoattn.sparse.geometry import project_to_image
 from geoattn.sparse.neighbors import radius
@@ -241,12 +242,44 @@ def reset_children(module: nn.Module) -> None:
             reset_children(child)
 
 
-def _check_features(name: str, value, channels: int, rows: int | None = None) -> None:
+def _check_features(name: str, value, channels: int, rows: int | None = None, dtype: torch.dtype | None = None) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != 2 or value.shape[1] != channels or (rows is not None and value.shape[0] != rows):
         expected = f"[{rows if rows is not None else 'N'}, {channels}]"
         raise ValueError(f"{name}: expected a 2-D tensor {expected}, got shape {tuple(value.shape)}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the layer's parameters), got {value.dtype}")
+
+
+def _check_float(name: str, value: Tensor) -> None:
+    """Geometry (positions, reference points, boxes) may be in any floating dtype, never integer."""
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+
+
+def _check_points(name: str, value) -> None:
+    if not isinstance(value, Tensor) or value.dim() != 2 or value.shape[1] != 3:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(f"{name}: expected a tensor [N, 3], got {shape}")
+    _check_float(name, value)
+
+
+def _check_index(name: str, value, length: int | None = None) -> None:
+    if not isinstance(value, Tensor) or value.dtype not in (torch.int64, torch.int32):
+        kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name}: expected an int64 or int32 tensor, got {kind}")
+    if value.dim() != 1 or (length is not None and value.shape[0] != length):
+        expected = f"[{length}]" if length is not None else "[N]"
+        raise ValueError(f"{name}: expected a 1-D tensor {expected}, got shape {tuple(value.shape)}")
+
+
+def _check_range(name: str, value: Tensor, size: int) -> None:
+    """Values in ``[0, size)``; a pass over the data (a host synchronisation), so with GEOATTN_DEBUG=1 only."""
+    if value.numel() and backends.debug_checks():
+        low, high = torch.stack(value.aminmax()).tolist()
+        if low < 0 or high >= size:
+            raise ValueError(f"{name}: expected values in [0, {size}), got range [{low}, {high}]")
 
 
 class PointImageFusion(nn.Module):
@@ -270,6 +303,11 @@ class PointImageFusion(nn.Module):
         point_index, image_index ``[P]`` long and reference_points ``[P, 2]`` in ``[0, 1]`` (``(u, v)``);
         output ``[N, C_o]``. With ``return_image_features=True`` also the per-point image feature
         ``[N, E]`` (zeros for points without a pair).
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16): ``point_features`` must match it,
+    image features and reference points (any floating dtype) are cast to it; bfloat16 computes in
+    bfloat16 except the bilinear sampling, done in float32 (it is exact there and PyTorch's CPU kernel
+    is unreliable in bfloat16). Index ranges are checked with ``GEOATTN_DEBUG=1``.
     """
 
     def __init__(self, point_channels: int, image_channels: int, out_channels: int, embed_dim: int = 64,
@@ -330,6 +368,7 @@ class PointImageFusion(nn.Module):
                 shape = tuple(feature.shape) if isinstance(feature, Tensor) else type(feature).__name__
                 raise ValueError(f"image_features[{level}]: expected a tensor [V, {self.image_channels}, H, W], "
                                  f"got {shape}")
+            _check_float(f"image_features[{level}]", feature)
             if feature.shape[0] != levels[0].shape[0]:
                 raise ValueError(f"image_features[{level}]: expected V={levels[0].shape[0]} images, "
                                  f"got {feature.shape[0]}")
@@ -362,7 +401,10 @@ class PointImageFusion(nn.Module):
             grid = query.new_zeros(num_images, slots, heads, samples, 2)
             grid = grid.index_put((image_index, slot), 2 * location - 1)
             grid = grid.permute(0, 2, 1, 3, 4).reshape(num_images * heads, slots * samples, 1, 2)
-            sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            # bilinear weights in at least float32 (on the CPU, bfloat16 sampling of this strided map gives NaN)
+            sample_dtype = torch.promote_types(value.dtype, torch.float32)
+            sampled = F.grid_sample(value.to(sample_dtype), grid.to(sample_dtype), mode="bilinear",
+                                    padding_mode="zeros", align_corners=False).to(query.dtype)
             sampled = sampled.view(num_images, heads, head_dim, slots, samples)
             sampled = sampled[image_index, :, :, slot]  # [P, H, D, K]
             output = output + (sampled * weights[:, :, None, level, :]).sum(-1)
@@ -370,20 +412,19 @@ class PointImageFusion(nn.Module):
 
     def forward(self, point_features: Tensor, image_features, point_index: Tensor, image_index: Tensor,
                 reference_points: Tensor, return_image_features: bool = False):
-        _check_features("point_features", point_features, self.point_channels)
+        _check_features("point_features", point_features, self.point_channels,
+                        dtype=self.point_proj[0].weight.dtype)
         levels = self._levels(image_features)
         num_points = point_features.shape[0]
-        num_pairs = point_index.shape[0] if isinstance(point_index, Tensor) else -1
-        if (not isinstance(point_index, Tensor) or not isinstance(image_index, Tensor) or point_index.dim() != 1
-                or image_index.shape != (num_pairs,)):
-            raise ValueError("point_index, image_index: expected two 1-D long tensors of equal length [P]")
+        _check_index("point_index", point_index)
+        num_pairs = point_index.shape[0]
+        _check_index("image_index", image_index, num_pairs)
         if not isinstance(reference_points, Tensor) or reference_points.shape != (num_pairs, 2):
             shape = tuple(reference_points.shape) if isinstance(reference_points, Tensor) else reference_points
             raise ValueError(f"reference_points: expected a tensor [{num_pairs}, 2], got {shape}")
-        if num_pairs > 0 and (int(point_index.min()) < 0 or int(point_index.max()) >= num_points
-                              or int(image_index.min()) < 0 or int(image_index.max()) >= levels[0].shape[0]):
-            raise ValueError(f"point_index/image_index: expected values in [0, {num_points}) / "
-                             f"[0, {levels[0].shape[0]}), got out-of-range entries")
+        _check_float("reference_points", reference_points)
+        _check_range("point_index", point_index, num_points)
+        _check_range("image_index", image_index, levels[0].shape[0])
         if num_points == 0:
             empty = point_features.new_zeros(0, self.out_channels)
             return (empty, point_features.new_zeros(0, self.embed_dim)) if return_image_features else empty
@@ -498,7 +539,8 @@ class RoIGridPool(nn.Module):
 
     Shapes: grid_points ``[M, 3]``, grid_batch ``[M]``, support_pos ``[S, 3]``, support_features ``[S, C]``,
     support_batch ``[S]``; output ``([M, sum(mlps[i][-1])], count [M])`` with ``count`` the neighbours in
-    the largest ball.
+    the largest ball. ``support_features`` are in the parameters' dtype (float32, float64 or bfloat16),
+    positions in any floating dtype (the ball query runs at the supports' precision, float32 at least).
     """
 
     def __init__(self, in_channels: int, radii: Sequence[float] = (0.4, 0.8), num_samples: Sequence[int] = (16, 16),
@@ -526,7 +568,13 @@ class RoIGridPool(nn.Module):
 
     def forward(self, grid_points: Tensor, grid_batch: Tensor, support_pos: Tensor, support_features: Tensor,
                 support_batch: Tensor) -> tuple[Tensor, Tensor]:
-        _check_features("support_features", support_features, self.in_channels, support_pos.shape[0])
+        _check_points("grid_points", grid_points)
+        _check_points("support_pos", support_pos)
+        _check_features("support_features", support_features, self.in_channels, support_pos.shape[0],
+                        self.mlps[0][0][0].weight.dtype)
+        _check_index("grid_batch", grid_batch, grid_points.shape[0])
+        _check_index("support_batch", support_batch, support_pos.shape[0])
+        grid_points = grid_points.to(support_pos.dtype)  # searched at the precision of the supports
         outputs, count = [], None
         for r, samples, mlp in zip(self.radii, self.num_samples, self.mlps):
             num_queries = grid_points.shape[0]
@@ -562,7 +610,8 @@ class LocalFusion(nn.Module):
     feature that is added to the pooled grid feature.
 
     Shapes: rois ``[R, 7]``, roi_batch ``[R]``, points ``[N, 3]``, point_batch ``[N]``; outputs
-    ``features [R, G^3, out_channels]`` and ``counts [R, G^3]`` (long).
+    ``features [R, G^3, out_channels]`` and ``counts [R, G^3]`` (long). Geometry (rois, points) in any
+    floating dtype, features in the parameters' dtype (float32, float64 or bfloat16).
     """
 
     def __init__(self, out_channels: int, image_channels: int, grid_size: int = 6, embed_channels: int = 64,
@@ -598,12 +647,15 @@ class LocalFusion(nn.Module):
     def forward(self, rois: Tensor, roi_batch: Tensor, points: Tensor, point_batch: Tensor, image_features,
                 cameras: CameraSetup) -> tuple[Tensor, Tensor]:
         check_boxes(rois, "rois")
+        _check_index("roi_batch", roi_batch, rois.shape[0])
+        _check_points("points", points)
+        _check_index("point_batch", point_batch, points.shape[0])
         num_rois, cells = rois.shape[0], self.grid_size ** 3
         local, global_xyz = roi_grid_points(rois, self.grid_size)
         counts, centroids = self.cell_statistics(rois, roi_batch, points, point_batch)
         centroids = torch.where(counts[..., None] > 0, centroids, local)
         descriptor = torch.cat([local, torch.log10(counts.to(rois.dtype) + 0.5)[..., None], centroids], dim=-1)
-        flat = self.position_ffn(descriptor.reshape(num_rois * cells, 7))
+        flat = self.position_ffn(descriptor.reshape(num_rois * cells, 7).to(self.position_ffn[1].weight.dtype))
         grid_batch = roi_batch.repeat_interleave(cells)
         projection = project_to_cameras(global_xyz.reshape(-1, 3).detach(), cameras, grid_batch)
         fused = self.fusion(flat, image_features, projection.point_index, projection.camera_index,
@@ -665,6 +717,9 @@ class FeatureDynamicAggregation(nn.Module):
         if not isinstance(features, Tensor) or features.dim() != 3 or features.shape[2] != self.channels:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(f"features: expected a tensor [R, T, {self.channels}], got {shape}")
+        if features.dtype != self.in_proj.weight.dtype:
+            raise TypeError(f"features: expected dtype {self.in_proj.weight.dtype} (the dtype of the layer's "
+                            f"parameters), got {features.dtype}")
         num_rois, tokens, _ = features.shape
         if empty.shape != (num_rois, tokens) or counts.shape != (num_rois, tokens):
             raise ValueError(f"counts, empty: expected shape ({num_rois}, {tokens}), got "

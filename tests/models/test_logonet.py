@@ -6,7 +6,7 @@ import torch
 from geoattn.data.kitti import load_mmdet3d_frame
 from geoattn.models.logonet import (LoGoNetHead, PointSet, assign_targets, canonical_targets, decode_residuals,
                                     encode_residuals)
-from geoattn.nn.logonet import CameraSetup
+from geoattn.nn.logonet import CameraSetup, project_to_cameras
 from geoattn.sparse.boxes import points_in_boxes
 from geoattn.sparse.voxel import voxelize
 
@@ -246,3 +246,50 @@ def test_point_set_from_voxels(frame8_inputs):
     assert torch.allclose(point_set.pos, levels[1].centroids, atol=1e-5)
     kept = PointSet.from_voxels(voxels, points, 0.8, POINT_RANGE, keep_empty=True)
     assert len(kept.pos) == len(coords) and torch.equal(kept.features, voxels.features)
+
+
+def _synthetic_scene():
+    """Two RoIs among random points in front of one pinhole camera looking along +x (no real data)."""
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(400, 3, generator=generator) * torch.tensor([10.0, 8.0, 2.0]) + torch.tensor([5.0, -4.0, -1.0])
+    rois = torch.tensor([[8.0, 0.0, 0.0, 3.9, 1.6, 1.5, 0.3], [11.0, 2.0, 0.0, 4.0, 1.7, 1.5, -0.2]])
+    intrinsics = torch.tensor([[[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]]], dtype=torch.float64)
+    lidar2cam = torch.tensor([[[0.0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]]], dtype=torch.float64)
+    cameras = CameraSetup.from_intrinsics(intrinsics, lidar2cam, torch.zeros(1, dtype=torch.long), (48, 64), (48, 64))
+    levels = [PointSet(points[::2], torch.randn(200, 16, generator=generator), torch.zeros(200, dtype=torch.long)),
+              PointSet(points[::4], torch.randn(100, 16, generator=generator), torch.zeros(100, dtype=torch.long))]
+    image = torch.randn(1, 8, 12, 16, generator=generator)
+    return rois, levels, points, image, cameras
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_head_runs_in_every_dtype(dtype):
+    """bfloat16 used to fail in radius() (``.numpy()`` on bfloat16) and give NaN image features."""
+    rois, levels, points, image, cameras = _synthetic_scene()
+    assert project_to_cameras(points, cameras).point_index.numel() > 100  # the fusion has pairs to sample
+    head = _small_head().eval()
+    zeros = torch.zeros(points.shape[0], dtype=torch.long)
+    expected = head(rois, torch.zeros(2, dtype=torch.long), levels, points, zeros, image, cameras)
+    head = head.to(dtype)
+    typed = [PointSet(level.pos, level.features.to(dtype), level.batch) for level in levels]
+    outputs = head(rois, torch.zeros(2, dtype=torch.long), typed, points, zeros, image.to(dtype), cameras)
+    tolerance = 1e-1 if dtype == torch.bfloat16 else 1e-4
+    for key in ("scores", "residuals"):
+        assert outputs[key].dtype == dtype
+        torch.testing.assert_close(outputs[key].float(), expected[key], atol=tolerance, rtol=tolerance)
+    head.train()
+    outputs = head(rois, torch.zeros(2, dtype=torch.long), typed, points, zeros, image.to(dtype), cameras)
+    losses = head.loss(outputs, rois, torch.zeros(2, dtype=torch.long), rois + 0.1, torch.zeros(2, dtype=torch.long))
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"].float())
+
+
+def test_head_checks_roi_batch_and_feature_dtype():
+    rois, levels, points, image, cameras = _synthetic_scene()
+    head = _small_head().eval()
+    zeros = torch.zeros(points.shape[0], dtype=torch.long)
+    with pytest.raises(ValueError, match=r"roi_batch: expected an integer tensor \[2\] \(one id per RoI\)"):
+        head(rois, torch.zeros(3, dtype=torch.long), levels, points, zeros, image, cameras)
+    doubled = [PointSet(level.pos, level.features.double(), level.batch) for level in levels]
+    with pytest.raises(TypeError, match="expected dtype torch.float32 .*, got torch.float64"):
+        head(rois, torch.zeros(2, dtype=torch.long), doubled, points, zeros, image, cameras)

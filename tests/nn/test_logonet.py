@@ -264,8 +264,16 @@ def test_fusion_bad_arguments():
         module(points, [levels[0], levels[1][:, :2]], point_index, image_index, reference)
     with pytest.raises(ValueError, match="reference_points"):
         module(points, levels, point_index, image_index, reference[:3])
-    with pytest.raises(ValueError, match="out-of-range"):
-        module(points, levels, point_index + 10, image_index, reference)
+    with pytest.raises(TypeError, match="point_features: expected dtype torch.float64 .*, got torch.float32"):
+        module(points.float(), levels, point_index, image_index, reference)
+    with pytest.raises(TypeError, match="point_index: expected an int64 or int32 tensor, got torch.float64"):
+        module(points, levels, point_index.double(), image_index, reference)
+    with pytest.raises(ValueError, match=r"image_index: expected a 1-D tensor \[7\], got shape \(3,\)"):
+        module(points, levels, point_index, image_index[:3], reference)
+    with pytest.raises(TypeError, match="reference_points: expected a floating-point tensor"):
+        module(points, levels, point_index, image_index, reference.long())
+    with pytest.raises(TypeError, match=r"image_features\[0\]: expected a floating-point tensor"):
+        module(points, [levels[0].long(), levels[1]], point_index, image_index, reference)
     with pytest.raises(ValueError, match="embed_dim"):
         PointImageFusion(4, 3, 10, embed_dim=10, num_heads=4)
     assert "heads=2" in repr(module)
@@ -454,3 +462,46 @@ def test_waymo_style_cameras_from_intrinsics(real_data):
     u_min, v_min = projection.uv.min(0).values.tolist()
     u_max, v_max = projection.uv.max(0).values.tolist()
     assert abs(u_min - left) < 15 and abs(u_max - right) < 15 and abs(v_min - top) < 15 and abs(v_max - bottom) < 15
+
+
+def test_fusion_index_ranges_are_debug_checks(monkeypatch):
+    module = _fusion_module()
+    points, levels, point_index, image_index, reference = _random_fusion_inputs()
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"point_index: expected values in \[0, 6\), got range \[10, 15\]"):
+        module(points, levels, point_index + 10, image_index, reference)
+    with pytest.raises(ValueError, match=r"image_index: expected values in \[0, 2\), got range \[-1, 0\]"):
+        module(points, levels, point_index, image_index - 1, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fusion_runs_in_every_dtype(dtype):
+    """bfloat16 used to come back all NaN (CPU grid_sample on the strided bfloat16 value map)."""
+    module = _fusion_module().float()
+    points, levels, point_index, image_index, reference = _random_fusion_inputs(torch.float32)
+    expected = module(points, levels, point_index, image_index, reference, return_image_features=True)
+    module = module.to(dtype)
+    out = module(points.to(dtype), [level.to(dtype) for level in levels], point_index, image_index, reference,
+                 return_image_features=True)
+    tolerance = 6e-2 if dtype == torch.bfloat16 else 1e-5
+    for got, want in zip(out, expected):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+
+
+def test_local_fusion_checks_its_inputs():
+    fusion = LocalFusion(8, 3, grid_size=2, embed_channels=8, up_hidden=8, embed_dim=8, num_heads=2, num_points=2)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 0.0], [5.0, 0.0, 0.0, 2.0, 2.0, 2.0, 0.0]])
+    points, point_batch = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+    cameras = CameraSetup(torch.eye(4).unsqueeze(0), torch.zeros(1, dtype=torch.long), (8, 8), (8, 8))
+    image = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"roi_batch: expected a 1-D tensor \[2\], got shape \(3,\)"):
+        fusion(rois, torch.zeros(3, dtype=torch.long), points, point_batch, image, cameras)
+    with pytest.raises(TypeError, match="roi_batch: expected an int64 or int32 tensor, got torch.float32"):
+        fusion(rois, torch.zeros(2), points, point_batch, image, cameras)
+    with pytest.raises(ValueError, match=r"point_batch: expected a 1-D tensor \[4\]"):
+        fusion(rois, torch.zeros(2, dtype=torch.long), points, point_batch[:2], image, cameras)
+    with pytest.raises(TypeError, match="points: expected a floating-point tensor"):
+        fusion(rois, torch.zeros(2, dtype=torch.long), points.long(), point_batch, image, cameras)
+    features, counts = fusion(rois, torch.zeros(2, dtype=torch.long), points, point_batch, image, cameras)
+    assert features.shape == (2, 8, 8) and counts.shape == (2, 8)
