@@ -1,6 +1,7 @@
 from geoattn.data.ogb import (load_ogb_node_dataset, ogb_evaluator, ogb_node_split,
                               write_synthetic_ogb_node_dataset)
 from geoattn.data.bvh import load_bvh, load_bvh_h36m17
+from geoattn.data.asf_amc import load_asf_amc
 from geoattn.data.h36m import (ChunkedWindows, flip_pose, load_positions_2d, load_positions_3d,
                                normalize_screen_coordinates)
 from geoattn.data.scenes import EVAL_SEEDS, TRAIN_SEEDS, FragmentPair, SyntheticPairs, fragment_pair
