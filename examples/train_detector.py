@@ -13,7 +13,8 @@ Examples::
 
 ``--out`` receives ``checkpoint.pt`` (model, optimiser with its one-cycle position, AMP scaler, epoch,
 iteration, elapsed time and the config; rewritten atomically after every epoch and when ``--max-minutes``
-stops the run; ``--resume`` continues from it, mid-epoch if need be), ``log.csv`` and ``curve.png`` (per-epoch
+stops the run; ``--resume`` continues from it, mid-epoch if need be; after the last epoch the BatchNorm
+statistics are recomputed over ``--bn-batches`` training batches and saved in it), ``log.csv`` and ``curve.png`` (per-epoch
 loss, learning rate, metrics), and after the final evaluation ``predictions/<frame>.txt`` (KITTI label format
 with scores) or ``predictions_waymo.pt``. ``--max-minutes`` stops training cleanly after the budget while the
 learning-rate schedule stays the one planned for ``--epochs`` full epochs. GT sampling (when the config has
@@ -43,7 +44,8 @@ from geoattn.detection.postprocess import CenterHeadPostProcessor
 from geoattn.detection.training import (DEFAULT_CHECKPOINT, DetectionCriterion, EpochSampler,
                                         build_detector_from_config, checkpoint_state, distributed_info,
                                         evaluate_predictions, export_detector, gather_objects, kitti_annotations, load_detector,
-                                        predict, train_one_epoch, unwrap, write_kitti_predictions)
+                                        predict, recompute_batchnorm_statistics, train_one_epoch, unwrap,
+                                        write_kitti_predictions)
 from geoattn.detection.config import point_cloud_range, voxel_size
 from geoattn.io import load_checkpoint, save_checkpoint
 from geoattn.train_log import TrainingLog
@@ -78,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, default=None,
                         help="with --eval-only: first write a compact float16 copy of --checkpoint (weights + config, "
                              "no optimiser) here, then score that copy")
+    parser.add_argument("--bn-batches", type=int, default=32, metavar="N",
+                        help="after training, recompute BatchNorm statistics over N training batches (0: keep the "
+                             "running averages)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--json", action="store_true", help="print the final result as one JSON line (rank 0)")
     return parser.parse_args(argv)
@@ -393,6 +398,19 @@ def run(args, device: torch.device, rank: int, world: int, verbose: bool) -> int
         epoch += 1
     if epoch_bar is not None:
         epoch_bar.close()
+    # Exact BN statistics for the final weights (the running averages lag them; see
+    # recompute_batchnorm_statistics). Not after a --stop-after smoke stop, which a --resume continues.
+    if iteration > first_iteration and args.bn_batches > 0 and not (stopped and args.stop_after is not None):
+        sampler.set_epoch(epochs)  # one fixed order past the schedule: a resumed run recomputes the same
+        train_set.set_epoch(epochs)
+        used = recompute_batchnorm_statistics(model, make_loader(train_set, batch_size, args.workers, sampler),
+                                              device, args.bn_batches, progress=verbose)
+        if rank == 0:
+            save_checkpoint(checkpoint_path, checkpoint_state(
+                model, optimizer, scaler, epoch=completed, iteration=iteration, elapsed=time.monotonic() - started,
+                planned_iterations=total_iterations, world_size=world, seed=args.seed,
+                data=("synthetic" if args.synthetic else str(root)), bn_batches=used), config)
+        barrier()
 
     # ---- evaluation ------------------------------------------------------------------------------------
     result = {"config": args.config or "kitti_scatterformer", "world_size": world, "epochs": epochs,

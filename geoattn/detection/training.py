@@ -35,7 +35,7 @@ from geoattn.detection.config import (check_same_model, num_point_features, poin
 from geoattn.io import load_checkpoint
 
 __all__ = ["DEFAULT_CHECKPOINT", "build_detector_from_config", "load_detector", "DetectionCriterion",
-           "EpochSampler", "train_one_epoch", "predict", "kitti_annotations", "evaluate_predictions",
+           "EpochSampler", "train_one_epoch", "recompute_batchnorm_statistics", "predict", "kitti_annotations", "evaluate_predictions",
            "write_kitti_predictions", "checkpoint_state", "export_detector", "unwrap", "distributed_info", "gather_objects"]
 
 #: The checkpoint shipped with the package (KITTI config trained on synthetic scenes), when present.
@@ -294,6 +294,58 @@ def train_one_epoch(model: nn.Module, loader, optimizer, criterion: Callable, *,
     means = _all_mean(means, device)
     return {"iterations": count, "iteration": iteration, "stopped": stopped, "skipped": skipped,
             "seconds": time.perf_counter() - started, "lr": optimizer.param_groups[0]["lr"], **means}
+
+
+def recompute_batchnorm_statistics(model: nn.Module, loader, device: torch.device | str,
+                                   num_batches: int | None = None, progress: bool = False) -> int:
+    """Replace every BatchNorm's running mean and variance by their exact average over ``num_batches``
+    batches of ``loader`` (all when ``None``), the model's parameters and the optimiser untouched.
+
+    Why: BN's running statistics are an exponential average (momentum 0.01 in the official config, a time
+    constant of ~100 iterations) of statistics of weights that keep changing; after a short schedule they lag
+    the final weights, and the eval-mode network then differs from the trained one. Measured on synthetic
+    KITTI scenes after a short fit: heatmap scores at car centres of 0.78-0.97 in train mode, 0.00-0.04 in eval
+    mode for cars within 35 m (dense voxels, where the lagging statistics are furthest off), and the train-mode
+    values again after this recomputation. Runs the forward in train mode under ``torch.no_grad`` (with
+    ``SyncBatchNorm`` every rank must see the same number of batches), then restores the mode and momenta.
+    Returns the number of batches used.
+    """
+    device = torch.device(device)
+    model = unwrap(model)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    rank, _ = distributed_info()
+    total = len(loader) if num_batches is None else min(int(num_batches), len(loader))
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="BN statistics", dynamic_ncols=True, leave=False)
+    used = 0
+    model.train()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                if used >= total:
+                    break
+                points, index, batch_size = _to_device(batch, device)
+                model(points, index, batch_size)
+                used += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return used
 
 
 # -- inference and evaluation --------------------------------------------------------------------------------
