@@ -27,7 +27,8 @@ from typing import Any, Mapping
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "figure_png", "current_umask", "save_checkpoint",
-           "load_checkpoint", "PickleRefusedError", "restricted_pickle_load"]
+           "load_checkpoint", "PickleRefusedError", "restricted_pickle_load",
+           "restricted_pickle_loads"]
 
 
 def current_umask() -> int:
@@ -214,7 +215,12 @@ def restricted_pickle_load(path: str | os.PathLike, what: str = "pickle"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such {what} file")
-    data = path.read_bytes()
+    return restricted_pickle_loads(path.read_bytes(), str(path), what)
+
+
+def restricted_pickle_loads(data: bytes, source: str, what: str = "pickle"):
+    """:func:`restricted_pickle_load` of bytes in memory; ``source`` (a file name, or a file and a member of
+    it) is what an error names."""
     try:
         if data[:2] == b"PK":
             with torch.serialization.safe_globals(_torch_zip_globals()):
@@ -224,4 +230,4 @@ def restricted_pickle_load(path: str | os.PathLike, what: str = "pickle"):
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         # torch's weights-only refusal spreads over many lines; the one naming the global is the useful one
         first = next((line for line in lines if "global" in line.lower() and "weights_only" not in line), lines[0])
-        raise PickleRefusedError(f"{path}: not a readable {what} ({type(error).__name__}: {first})") from None
+        raise PickleRefusedError(f"{source}: not a readable {what} ({type(error).__name__}: {first})") from None

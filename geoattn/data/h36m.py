@@ -6,13 +6,16 @@ Files (see ``datasets/h36m.md`` for how to obtain them):
 - ``data_2d_h36m_<source>.npz``, key ``positions_2d``: ``{subject: {action: [4 x (T, 17, 2)]}}`` in pixels, one
   array per camera in :data:`H36M_CAMERA_IDS` order, and ``metadata`` (layout, keypoint symmetry).
 
-Both store pickled dictionaries, so loading them executes pickle: only open files from a trusted source.
+Both store pickled dictionaries; they are read with geoattn's restricted unpickler
+(:func:`geoattn.io.restricted_pickle_loads`), which builds containers and numpy arrays only and refuses any
+other class, so a file from elsewhere cannot run code.
 
 Poses are ``[..., V, 3]`` arrays in metres; cameras follow the OpenCV convention (x right, y down,
 z forward) with ``p_cam = (p_world - centre) @ R.T`` (``R`` rotates world into camera axes).
 """
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geoattn.io import restricted_pickle_load, restricted_pickle_loads
 from geoattn.nn.glagcn import H36M_JOINTS_LEFT, H36M_JOINTS_RIGHT
 from geoattn.sparse.geometry import make_transform, quaternion_to_matrix, transform_points
 
@@ -87,12 +91,41 @@ def _load_pickled_dict(path: str | Path, key: str) -> tuple[dict, object]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (see datasets/h36m.md for how to obtain it)")
-    with np.load(path, allow_pickle=True) as archive:
-        if key not in archive.files:
-            raise ValueError(f"{path}: expected a '{key}' entry, found {sorted(archive.files)}")
-        data = archive[key].item()
-        metadata = archive["metadata"].item() if "metadata" in archive.files else None
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path}: not a readable .npz archive ({error})") from None
+    with archive:
+        files = sorted(name[:-4] for name in archive.namelist() if name.endswith(".npy"))
+        if key not in files:
+            raise ValueError(f"{path}: expected a '{key}' entry, found {files}")
+        data = _pickled_entry(path, archive, key)
+        metadata = _pickled_entry(path, archive, "metadata") if "metadata" in files else None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: '{key}': expected a dictionary, got {type(data).__name__}")
     return data, metadata
+
+
+def _pickled_entry(path: Path, archive: zipfile.ZipFile, key: str):
+    """The object in the 0-d object array ``key`` of an npz, unpickled by :func:`geoattn.io.restricted_pickle_loads`
+    (numpy's own loader would run any code the pickle names)."""
+    try:
+        with archive.open(f"{key}.npy") as stream:
+            version = np.lib.format.read_magic(stream)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy format version {version}")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(stream)
+            rest = stream.read()
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{path}: '{key}': not a readable .npy entry ({error})") from None
+    if dtype != object:
+        raise ValueError(f"{path}: '{key}': expected a pickled dictionary, got a {dtype} array of shape {shape}")
+    array = restricted_pickle_loads(rest, f"{path} ('{key}')")
+    if not isinstance(array, np.ndarray) or array.shape != ():
+        raise ValueError(f"{path}: '{key}': expected one pickled dictionary, got {type(array).__name__}")
+    return array.item()
 
 
 def load_positions_3d(path: str | Path, joints_17: bool = True) -> dict[str, dict[str, np.ndarray]]:
@@ -135,10 +168,9 @@ def load_positions_2d(path: str | Path) -> tuple[dict[str, dict[str, list[np.nda
 def load_mmpose_cameras(path: str | Path) -> dict[tuple[str, str], Camera]:
     """Read an mmpose-style ``cameras.pkl``: ``{(subject, camera_id): {R, T, f, c, k, p, w, h}}`` with
     ``R`` world -> camera and ``T`` the camera centre in metres."""
-    import pickle
-
-    with open(path, "rb") as handle:
-        raw = pickle.load(handle)
+    raw = restricted_pickle_load(path, "camera pickle")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a dictionary of cameras, got {type(raw).__name__}")
     cameras = {}
     for key, entry in raw.items():
         cameras[tuple(key)] = Camera(

@@ -50,6 +50,26 @@ def test_reader_errors(tmp_path):
         load_positions_3d(tmp_path / "bad.npz")
 
 
+class _Hostile:
+    def __reduce__(self):
+        return (exec, ("import sys; sys.modules['geoattn'].PWNED = True",))
+
+
+def test_pickled_files_cannot_run_code(tmp_path):
+    import geoattn
+
+    write_pickled_npz(tmp_path / "evil.npz", positions_3d={"S1": {"A": _Hostile()}})
+    with pytest.raises(ValueError, match=r"evil.npz \('positions_3d'\): not a readable pickle .*builtins.exec"):
+        load_positions_3d(tmp_path / "evil.npz")
+    (tmp_path / "cameras.pkl").write_bytes(pickle.dumps({("S1", "54138969"): _Hostile()}))
+    with pytest.raises(ValueError, match=r"cameras.pkl: not a readable camera pickle"):
+        load_mmpose_cameras(tmp_path / "cameras.pkl")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ValueError, match="text.npz: not a readable .npz archive"):
+        load_positions_3d(tmp_path / "text.npz")
+    assert not hasattr(geoattn, "PWNED")
+
+
 def test_camera_quaternion_and_world_camera_round_trip():
     identity = Camera.from_quaternion([1, 0, 0, 0], [0, 0, -5000], [1000, 1000], [500, 500], 1000, 1000)
     assert np.allclose(identity.rotation, np.eye(3)) and np.allclose(identity.centre, [0, 0, -5])
