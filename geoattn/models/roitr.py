@@ -160,6 +160,10 @@ class RoITr(nn.Module):
     cloud (estimate them on each cloud in its own frame, e.g. with
     :func:`geoattn.sparse.geometry.estimate_normals`). Input features are constant ones: every bit
     of geometry comes in through point pair features, which makes the network invariant.
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16; positions and normals must match).
+    In bfloat16, neighbour search and sampling run on float32 copies of the points, everything else in
+    bfloat16. Non-finite points or normals raise ``ValueError`` naming the first bad row.
     """
 
     def __init__(self, config: RoITrConfig | None = None, **overrides):
@@ -233,8 +237,21 @@ class RoITr(nn.Module):
             raise ValueError(f"pos: expected a 2-D tensor [N, 3], got shape {tuple(pos.shape)}")
         if normal.shape != pos.shape:
             raise ValueError(f"normal: expected shape {tuple(pos.shape)} like pos, got {tuple(normal.shape)}")
+        dtype = self.fine_proj.weight.dtype
+        for name, value in (("pos", pos), ("normal", normal)):
+            if value.dtype != dtype:
+                raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the model's parameters), "
+                                f"got {value.dtype}")
         if pos.size(0) == 0:
             raise ValueError("pos: expected at least one point, got an empty cloud")
+        # Always on, although it reads the data: the network synchronises anyway (sampling and neighbour
+        # search), and one NaN point would otherwise spread to every feature and fail deep in the pose solver.
+        finite = torch.stack([torch.isfinite(pos).all(), torch.isfinite(normal).all()]).tolist()
+        for name, value, ok in (("pos", pos, finite[0]), ("normal", normal, finite[1])):
+            if not ok:
+                bad = (~torch.isfinite(value)).any(dim=1).nonzero().flatten()
+                raise ValueError(f"{name}: expected finite coordinates, got NaN or inf in {bad.numel()} of "
+                                 f"{value.size(0)} points (first at row {int(bad[0])})")
         levels = self.build_levels(pos, normal)
         x = pos.new_ones(pos.size(0), 1)
         skips = []

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from geoattn import backends
 from geoattn.sparse.geometry import point_pair_features
 from geoattn.sparse.neighbors import knn
 
@@ -41,6 +42,32 @@ def _check_points(name: str, value: Tensor) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != 2 or value.size(-1) != 3:
         raise ValueError(f"{name}: expected a 2-D tensor [N, 3], got shape {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {value.dtype}")
+
+
+def _check_dtype(name: str, value: Tensor, dtype: torch.dtype) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the layer's parameters), got {value.dtype}")
+
+
+def _check_index(name: str, value, ndim: int) -> None:
+    if not isinstance(value, Tensor) or value.dtype not in (torch.int64, torch.int32):
+        kind = value.dtype if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name}: expected an int64 or int32 tensor, got {kind}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(value.shape)}")
+
+
+def _check_range(name: str, value: Tensor, low: int, size: int, meaning: str) -> None:
+    """Values in ``[low, size)``: a pass over the data and a host synchronisation, so GEOATTN_DEBUG=1 only."""
+    if value.numel() and backends.debug_checks():
+        found_low, found_high = torch.stack(value.aminmax()).tolist()
+        if found_low < low or found_high >= size:
+            raise ValueError(f"{name}: expected values in [{low}, {size}) ({meaning}), "
+                             f"got range [{found_low}, {found_high}]")
 
 
 def ppf_groups(
@@ -123,7 +150,11 @@ class PPFAttention(nn.Module):
 
     Shapes: ``x [N, C_in]`` support features, ``neighbor_index [M, K]`` (-1 = padding), ``ppf [M, K, 4]``,
     ``query_index [M]`` (centres in the support; ``None`` when the centres are the support itself)
-    -> ``[M, C_out]``.
+    -> ``[M, C_out]``. Index ranges (``neighbor_index`` in ``[-1, N)``, ``query_index`` in ``[0, N)``)
+    are checked with ``GEOATTN_DEBUG=1``.
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16, all computed in that dtype);
+    ``x`` must match it, ``ppf`` (any floating dtype) is cast to it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden_channels: int | None = None, heads: int = 4):
@@ -157,16 +188,21 @@ class PPFAttention(nn.Module):
         return weight, bias
 
     def forward(self, x: Tensor, neighbor_index: Tensor, ppf: Tensor, query_index: Tensor | None = None) -> Tensor:
+        _check_dtype("x", x, self.in_proj.weight.dtype)
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(
                 f"x: expected a 2-D tensor [N, C] with C={self.in_channels}, got shape {tuple(x.shape)}"
             )
-        if neighbor_index.dim() != 2:
-            raise ValueError(f"neighbor_index: expected [M, K], got shape {tuple(neighbor_index.shape)}")
-        if ppf.shape != (*neighbor_index.shape, 4):
-            raise ValueError(
-                f"ppf: expected shape {(*neighbor_index.shape, 4)} matching neighbor_index, got {tuple(ppf.shape)}"
-            )
+        _check_index("neighbor_index", neighbor_index, 2)
+        if not isinstance(ppf, Tensor) or ppf.shape != (*neighbor_index.shape, 4):
+            shape = tuple(ppf.shape) if isinstance(ppf, Tensor) else type(ppf).__name__
+            raise ValueError(f"ppf: expected shape {(*neighbor_index.shape, 4)} matching neighbor_index, got {shape}")
+        if not ppf.is_floating_point():
+            raise TypeError(f"ppf: expected a floating-point tensor, got dtype {ppf.dtype}")
+        _check_range("neighbor_index", neighbor_index, -1, x.size(0), "support rows, -1 = padding")
+        if query_index is not None:
+            _check_index("query_index", query_index, 1)
+            _check_range("query_index", query_index, 0, x.size(0), "support rows")
         num_queries, group = neighbor_index.shape
         heads, head_dim = self.heads, self.hidden_channels // self.heads
         h = self.in_proj(x)
@@ -224,6 +260,7 @@ class PointInstanceNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(f"x: expected [N, {self.channels}], got shape {tuple(x.shape)}")
+        _check_dtype("x", x, self.weight.dtype)
         mean = x.mean(dim=0, keepdim=True)
         var = x.var(dim=0, unbiased=False, keepdim=True)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
@@ -289,6 +326,7 @@ class GeometricStructureEmbedding(nn.Module):
 
     def forward(self, pos: Tensor) -> Tensor:
         _check_points("pos", pos)
+        pos = pos.to(self.distance_proj.weight.dtype)
         num = pos.size(0)
         if num > self.max_points:
             raise ValueError(
@@ -372,6 +410,8 @@ class RPESelfAttentionBlock(nn.Module):
             raise ValueError(
                 f"embedding: expected shape {(num, num, self.channels)}, got {tuple(embedding.shape)}"
             )
+        _check_dtype("x", x, self.query.weight.dtype)
+        _check_dtype("embedding", embedding, self.query.weight.dtype)
         heads, head_dim = self.heads, self.channels // self.heads
         q = self.query(x).view(num, heads, head_dim)
         k = self.key(x).view(num, heads, head_dim)
@@ -431,6 +471,7 @@ class PositionalCrossAttentionBlock(nn.Module):
         for name, value in (("x", x), ("pos_x", pos_x), ("y", y), ("pos_y", pos_y)):
             if value.dim() != 2 or value.size(1) != self.channels:
                 raise ValueError(f"{name}: expected [*, {self.channels}], got shape {tuple(value.shape)}")
+            _check_dtype(name, value, self.query.weight.dtype)
         heads, head_dim = self.heads, self.channels // self.heads
         q = self.query(x + pos_x).view(x.size(0), heads, head_dim)
         k = self.key(y + pos_y).view(y.size(0), heads, head_dim)
@@ -479,6 +520,8 @@ class RotationInvariantTransformer(nn.Module):
             block.reset_parameters()
 
     def forward(self, pos_a: Tensor, x_a: Tensor, pos_b: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor]:
+        _check_dtype("x_a", x_a, self.in_proj.weight.dtype)
+        _check_dtype("x_b", x_b, self.in_proj.weight.dtype)
         embed_a, embed_b = self.embedding(pos_a), self.embedding(pos_b)
         x_a, x_b = self.in_proj(x_a), self.in_proj(x_b)
         state_a, state_b = torch.zeros_like(x_a), torch.zeros_like(x_b)
@@ -521,6 +564,8 @@ class LearnableLogOptimalTransport(nn.Module):
         """``num_iterations`` overrides the constructor's value (e.g. fewer iterations at inference)."""
         if scores.dim() != 3:
             raise ValueError(f"scores: expected a 3-D tensor [B, M, N], got shape {tuple(scores.shape)}")
+        if not scores.is_floating_point():
+            raise TypeError(f"scores: expected a floating-point tensor, got dtype {scores.dtype}")
         batch, rows, cols = scores.shape
         if row_masks is None:
             row_masks = torch.ones(batch, rows, dtype=torch.bool, device=scores.device)

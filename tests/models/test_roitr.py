@@ -128,3 +128,33 @@ def test_centroid_fps_ignores_point_order_and_rigid_motions():
     motion = make_transform(random_rotation(generator=torch.Generator().manual_seed(5), dtype=torch.float64),
                             torch.tensor([2.0, -1.0, 4.0], dtype=torch.float64))
     assert torch.equal(centroid_fps(transform_points(cloud, motion).float(), 40), index)
+
+
+def test_non_finite_points_are_named(model, clouds):
+    """One NaN point used to spread to every feature and fail in linalg.eigh deep inside."""
+    src, src_n, tgt, tgt_n = clouds
+    bad = src.clone()
+    bad[17, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"pos: expected finite coordinates, got NaN or inf in 1 of 160 points "
+                                         r"\(first at row 17\)"):
+        model(bad, src_n, tgt, tgt_n)
+    bad_normal = tgt_n.clone()
+    bad_normal[3:5] = float("inf")
+    with pytest.raises(ValueError, match=r"normal: expected finite .* in 2 of 140 points \(first at row 3\)"):
+        model(src, src_n, tgt, bad_normal)
+
+
+def test_wrong_dtype_is_refused_at_the_door(model, clouds):
+    src, src_n, tgt, tgt_n = clouds
+    with pytest.raises(TypeError, match="pos: expected dtype torch.float64 .*, got torch.float32"):
+        model(src.float(), src_n.float(), tgt, tgt_n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_runs_in_every_dtype(clouds, dtype):
+    torch.manual_seed(0)
+    network = RoITr(TINY).to(dtype).eval()
+    with torch.no_grad():
+        out = network(*(t.to(dtype) for t in clouds))
+    assert out.src_point_feats.dtype == dtype and out.src_node_feats.dtype == dtype
+    assert all(torch.isfinite(t.float()).all() for t in out)

@@ -283,3 +283,48 @@ def test_point_instance_norm_reference_and_invariance():
     with pytest.raises(ValueError, match="x: expected"):
         norm(torch.randn(4, 2))
     assert repr(norm) == "PointInstanceNorm(3)"
+
+
+def test_ppf_attention_checks_dtypes_at_the_door():
+    layer = PPFAttention(4, 8, heads=4)
+    index, ppf = torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 2, 4)
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.float64"):
+        layer(torch.randn(5, 4, dtype=torch.float64), index, ppf)
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.int64"):
+        layer(torch.ones(5, 4, dtype=torch.long), index, ppf)
+    with pytest.raises(TypeError, match="neighbor_index: expected an int64 or int32 tensor, got torch.float32"):
+        layer(torch.randn(5, 4), index.float(), ppf)
+    with pytest.raises(TypeError, match="ppf: expected a floating-point tensor"):
+        layer(torch.randn(5, 4), index, ppf.long())
+    with pytest.raises(TypeError, match="query_index: expected an int64 or int32 tensor"):
+        layer(torch.randn(5, 4), index, ppf, torch.zeros(5))
+
+
+def test_ppf_attention_index_ranges_are_debug_checks(monkeypatch):
+    """Out-of-range indices used to raise IndexError inside geoattn, and values below -1 passed as padding."""
+    layer = PPFAttention(4, 8, heads=4)
+    x, ppf = torch.randn(5, 4), torch.zeros(3, 2, 4)
+    monkeypatch.setenv("GEOATTN_DEBUG", "1")
+    with pytest.raises(ValueError, match=r"neighbor_index: expected values in \[-1, 5\) .*, got range \[0, 7\]"):
+        layer(x, torch.tensor([[0, 7], [1, 2], [3, 4]]), ppf, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"neighbor_index: expected values in \[-1, 5\) .*, got range \[-2, 4\]"):
+        layer(x, torch.tensor([[0, -2], [1, 2], [3, 4]]), ppf, torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"query_index: expected values in \[0, 5\) .*, got range \[0, 5\]"):
+        layer(x, torch.tensor([[0, 1], [1, 2], [3, 4]]), ppf, torch.tensor([0, 1, 5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_roitr_layers_run_in_every_dtype(dtype):
+    pos, normal = _cloud(12, seed=3, dtype=torch.float32)
+    index, ppf = ppf_groups(pos, normal, 4)
+    torch.manual_seed(0)
+    layer = PPFAttentionBlock(8, heads=2)
+    transformer = RotationInvariantTransformer(8, 8, 8, heads=2, blocks=("self", "cross"))
+    x = torch.randn(12, 8)
+    expected = (layer(x, index, ppf), *transformer(pos, x, pos[:6], x[:6]))
+    layer, transformer = layer.to(dtype), transformer.to(dtype)
+    out = (layer(x.to(dtype), index, ppf), *transformer(pos.to(dtype), x.to(dtype), pos[:6].to(dtype), x[:6].to(dtype)))
+    tolerance = 1e-1 if dtype == torch.bfloat16 else 1e-5
+    for got, want in zip(out, expected):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
