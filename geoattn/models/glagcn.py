@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from geoattn.nn.glagcn import (
@@ -42,9 +43,11 @@ def _check_filter_widths(filter_widths: Sequence[int]) -> tuple[int, ...]:
     return widths
 
 
-def _check_window(x: Tensor, num_joints: int, in_features: int, frames: int) -> None:
+def _check_window(x: Tensor, num_joints: int, in_features: int, frames: int, dtype: torch.dtype) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"x: expected dtype {dtype} (the dtype of the model's parameters), got {x.dtype}")
     if x.dim() != 4 or x.shape[1:] != (frames, num_joints, in_features):
         raise ValueError(
             f"x: expected a 4-D tensor [N, T, V, C] with T={frames}, V={num_joints}, C={in_features}, "
@@ -72,7 +75,8 @@ class GLAGCN(nn.Module):
         dropout: dropout probability (0.1 in the paper).
         shared_head: one C -> 3 map for all joints (released code) or one per joint (paper variant).
 
-    Shapes: ``x [N, receptive_field(), V, C_in] -> [N, 1, V, out_features]``.
+    Shapes: ``x [N, receptive_field(), V, C_in] -> [N, 1, V, out_features]``, in the dtype of the
+    parameters (float32, float64 or bfloat16; see :class:`~geoattn.nn.AdaptiveGraphConv`).
     At 243 frames and 96 channels it has 1,345,688 parameters (the official model: 1.349 M; the
     difference is the redundant bias of each graph convolution, which the following BN absorbs).
     """
@@ -119,7 +123,7 @@ class GLAGCN(nn.Module):
         self.head.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_window(x, self.num_joints, self.in_features, self.receptive_field())
+        _check_window(x, self.num_joints, self.in_features, self.receptive_field(), self.head.weight.dtype)
         n, t, v, c = x.shape
         # Normalise each (joint, coordinate) channel over batch and time, then move to [N, C, T, V].
         h = self.input_norm(x.reshape(n, t, v * c).transpose(1, 2))
@@ -180,7 +184,7 @@ class TemporalConvLifter(nn.Module):
                 module.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_window(x, self.num_joints, self.in_features, self.receptive_field())
+        _check_window(x, self.num_joints, self.in_features, self.receptive_field(), self.shrink.weight.dtype)
         n, t, v, c = x.shape
         h = x.reshape(n, t, v * c).transpose(1, 2)
         h = self.dropout(self.relu(self.expand_bn(self.expand(h))))

@@ -82,9 +82,12 @@ def adjacency_subsets(edge_index: Tensor, num_nodes: int) -> Tensor:
     return torch.stack([torch.eye(num_nodes), column_normalise(forward), column_normalise(forward.t())])
 
 
-def _check_feature_map(x: Tensor, channels: int, num_joints: int | None, name: str = "x") -> None:
+def _check_feature_map(x: Tensor, channels: int, num_joints: int | None, name: str = "x",
+                       dtype: torch.dtype | None = None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of the layer's parameters), got {x.dtype}")
     if x.dim() != 4 or x.size(1) != channels or (num_joints is not None and x.size(3) != num_joints):
         joints = "V" if num_joints is None else f"V={num_joints}"
         raise ValueError(
@@ -122,6 +125,9 @@ class AdaptiveGraphConv(nn.Module):
         dropout: dropout probability after BN.
 
     Shapes: ``x [N, C_in, T, V] -> [N, C_out, T, V]``.
+
+    Runs in the dtype of its parameters (float32, float64 or bfloat16; ``x`` must match); the attention
+    softmax of half-precision inputs is computed in float32, everything else in the input dtype.
     """
 
     def __init__(
@@ -195,7 +201,7 @@ class AdaptiveGraphConv(nn.Module):
         return adjacency + attention
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, self.in_channels, self.num_joints)
+        _check_feature_map(x, self.in_channels, self.num_joints, dtype=self.weight.dtype)
         adjacency = self.effective_adjacency(x)
         n, c, t, v = x.shape
         # Two plain GEMMs: aggregate over joints per subset, then mix (subset, channel) pairs.
@@ -242,7 +248,7 @@ class TemporalConv(nn.Module):
         self.bn.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, self.in_channels, None)
+        _check_feature_map(x, self.in_channels, None, dtype=self.conv.weight.dtype)
         return self.bn(self.conv(x))
 
     def __repr__(self) -> str:
@@ -376,7 +382,7 @@ class PerJointHead(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, self.in_channels, self.num_joints)
+        _check_feature_map(x, self.in_channels, self.num_joints, dtype=self.weight.dtype)
         pooled = x.mean(dim=2).transpose(1, 2)  # [N, V, C]
         return torch.einsum("nvc,vco->nvo", pooled, self.weight.expand(pooled.size(1), -1, -1)
                             if self.shared else self.weight) + self.bias

@@ -93,3 +93,20 @@ def test_glagcn_fits_a_small_batch():
         optimizer.step()
         first = first if first is not None else loss.item()
     assert loss.item() < 0.6 * first
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_models_run_in_every_dtype(dtype):
+    for model in (GLAGCN(channels=8, filter_widths=(3,)), TemporalConvLifter(channels=16, filter_widths=(3,))):
+        model = model.to(dtype)
+        out = model(torch.randn(2, 3, 17, 2, dtype=dtype))
+        assert out.shape == (2, 1, 17, 3) and out.dtype == dtype and torch.isfinite(out.float()).all()
+        out.float().sum().backward()
+
+
+def test_models_refuse_other_dtypes():
+    for model in (GLAGCN(channels=8, filter_widths=(3,)), TemporalConvLifter(channels=16, filter_widths=(3,))):
+        with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.int64"):
+            model(torch.ones(2, 3, 17, 2, dtype=torch.long))
+        with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.bfloat16"):
+            model(torch.randn(2, 3, 17, 2, dtype=torch.bfloat16))

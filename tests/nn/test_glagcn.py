@@ -191,3 +191,30 @@ def test_per_joint_head_errors():
         PerJointHead(8, shared=False)
     with pytest.raises(ValueError, match="C=8"):
         PerJointHead(8)(torch.randn(1, 4, 1, 17))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_glagcn_layers_run_in_every_dtype(dtype):
+    adjacency = h36m_adjacency()
+    unit = GraphTemporalUnit(3, 8, adjacency, kernel_size=3).eval()
+    head = PerJointHead(8, 3)
+    with torch.no_grad():  # a non-trivial batch norm scale, so the graph convolution shows in the output
+        unit.gcn.bn.weight.fill_(1.0)
+    x = torch.randn(2, 3, 5, 17)
+    expected = head(unit(x))
+    unit, head = unit.to(dtype), head.to(dtype)
+    out = head(unit(x.to(dtype)))
+    assert out.dtype == dtype
+    tolerance = 1e-1 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+    unit.train()
+    head(unit(x.to(dtype))).float().sum().backward()
+    assert all(torch.isfinite(p.grad.float()).all() for p in unit.parameters() if p.grad is not None)
+
+
+def test_glagcn_layers_refuse_other_dtypes():
+    conv = AdaptiveGraphConv(3, 8, h36m_adjacency())
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.float64"):
+        conv(torch.randn(2, 3, 5, 17, dtype=torch.float64))
+    with pytest.raises(TypeError, match="x: expected dtype torch.float32 .*, got torch.int64"):
+        PerJointHead(3)(torch.ones(2, 3, 5, 17, dtype=torch.long))
