@@ -51,7 +51,20 @@ from the camera and its depth is least visible in 2D. The defaults were chosen o
 training part only, lately a pose-novelty split (``mocap_glagcn_validation.py``); the runs and their
 figures are in ``datasets/h36m.md``.
 
-``--train-bvh`` / ``--eval-bvh`` read BVH files instead (mapped to H36M-17 by joint names; 50 fps).
+``--train-bvh`` / ``--eval-bvh`` read BVH files or folders of them instead (mapped to H36M-17 by joint
+names; 50 fps), ``--train-asf-amc`` / ``--eval-asf-amc`` the CMU database's own ASF/AMC clips
+(:func:`geoattn.data.load_asf_amc`; ``SKELETON.asf CLIP.amc ...`` or folders). With several evaluation
+clips the summary reports MPJPE / P-MPJPE of both models per clip (``per_clip``) and over all frames.
+``--split`` cuts the npy / BVH clips only; ASF/AMC trials are used whole. All shared clips (the BVH
+clip's first 70 % and CMU subjects 02 and 03 without one held-out trial each for training; the held-out
+trials and the BVH clip's last 30 % for evaluation):
+
+    python examples/mocap_glagcn.py --train-npy ../shared/data/pose/cmu_131_01_h36m17.npy \
+        --train-asf-amc ../shared/data/pose/cmu_asfamc/02/02.asf ../shared/data/pose/cmu_asfamc/02/02_0[2-9].amc \
+        ../shared/data/pose/cmu_asfamc/03/03.asf ../shared/data/pose/cmu_asfamc/03/03_0[1-3].amc \
+        --eval-npy ../shared/data/pose/cmu_131_01_h36m17.npy \
+        --eval-asf-amc ../shared/data/pose/cmu_asfamc/02/02.asf ../shared/data/pose/cmu_asfamc/02/02_10.amc \
+        ../shared/data/pose/cmu_asfamc/03/03.asf ../shared/data/pose/cmu_asfamc/03/03_04.amc --split 0.7 --json
 Without any input a small synthetic walking sequence is generated so the script can be tried out.
 """
 from __future__ import annotations
@@ -66,6 +79,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from geoattn.data.asf_amc import load_asf_amc
 from geoattn.data.bvh import load_bvh_h36m17
 from geoattn.data.h36m import ChunkedWindows, centre_on_root, root_relative
 from geoattn.models import GLAGCN, TemporalConvLifter
@@ -82,11 +96,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-npy", nargs="+", default=[], help="training sequences (T, 17, 3), metres")
     parser.add_argument("--eval-npy", nargs="+", default=[], help="evaluation sequences (T, 17, 3), metres")
-    parser.add_argument("--train-bvh", nargs="+", default=[], help="training BVH files")
-    parser.add_argument("--eval-bvh", nargs="+", default=[], help="evaluation BVH files")
+    parser.add_argument("--train-bvh", nargs="+", default=[], help="training BVH files or folders of them")
+    parser.add_argument("--eval-bvh", nargs="+", default=[], help="evaluation BVH files or folders of them")
+    parser.add_argument("--train-asf-amc", nargs="+", default=[],
+                        help="training ASF/AMC clips: SKELETON.asf CLIP.amc [CLIP.amc ...] groups or folders "
+                             "(every .amc below with the .asf beside it; CMU: 120 fps)")
+    parser.add_argument("--eval-asf-amc", nargs="+", default=[], help="evaluation ASF/AMC clips, as --train-asf-amc")
     parser.add_argument("--split", type=float, default=None,
-                        help="keep the first SPLIT of every training sequence and the last 1-SPLIT of every "
-                             "evaluation sequence (for a train/eval split of one clip)")
+                        help="keep the first SPLIT of every npy/BVH training sequence and the last 1-SPLIT of "
+                             "every npy/BVH evaluation sequence (a train/eval split of one clip); ASF/AMC trials "
+                             "are used whole")
     parser.add_argument("--up", choices=["x", "y", "z"], default="z", help="world up axis of the npy inputs")
     parser.add_argument("--filter-widths", default="3,3,3", help="temporal widths; 3,3,3 = 27 frames")
     parser.add_argument("--channels", type=int, default=32, help="GLA-GCN width (96 in the paper)")
@@ -167,8 +186,32 @@ def synthetic_walk(frames: int = 400, fps: float = 50.0) -> np.ndarray:
     return poses.astype(np.float32)
 
 
-def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
-    sequences = []
+def asf_amc_pairs(items) -> list[tuple[Path, Path]]:
+    """(ASF, AMC) pairs of ``--train-asf-amc`` / ``--eval-asf-amc``: ``SKELETON.asf CLIP.amc [CLIP.amc ...]``
+    groups and folders (every ``*.amc`` below, with the one ``*.asf`` of its folder), in the given order."""
+    pairs, skeleton = [], None
+    for item in map(Path, items):
+        if item.is_dir():
+            for amc in sorted(item.rglob("*.amc")):
+                skeletons = sorted(amc.parent.glob("*.asf"))
+                if len(skeletons) != 1:
+                    raise ValueError(f"--*-asf-amc: {amc.parent} holds {len(skeletons)} .asf files, expected one "
+                                     f"skeleton beside {amc.name}")
+                pairs.append((skeletons[0], amc))
+            skeleton = None
+        elif item.suffix.lower() == ".asf":
+            skeleton = item
+        elif item.suffix.lower() == ".amc" and skeleton is not None:
+            pairs.append((skeleton, item))
+        else:
+            raise ValueError(f"--*-asf-amc: expected folders or SKELETON.asf CLIP.amc [CLIP.amc ...], got {item}")
+    return pairs
+
+
+def load_clips(npy_paths, bvh_paths, up: str, asf_amc=()) -> list[tuple[str, np.ndarray]]:
+    """(name, H36M-17 sequence [T, 17, 3] in metres, Z up, 50 fps) of every input; folders among
+    ``bvh_paths`` stand for the ``*.bvh`` files below them."""
+    clips = []
     for path in npy_paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
@@ -177,10 +220,17 @@ def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
             raise ValueError(f"{path}: expected an array (T, 17, 3), got {poses.shape}")
         if up != "z":  # rotate so that the chosen axis becomes +Z (right-handed cyclic permutation)
             poses = poses[..., [1, 2, 0]] if up == "y" else poses[..., [2, 0, 1]]
-        sequences.append(poses)
-    for path in bvh_paths:
-        sequences.append(load_bvh_h36m17(path, fps=50.0, up="z"))
-    return sequences
+        clips.append((str(path), poses))
+    for path in map(Path, bvh_paths):
+        for file in sorted(path.rglob("*.bvh")) if path.is_dir() else [path]:
+            clips.append((str(file), load_bvh_h36m17(file, fps=50.0, up="z")))
+    for skeleton, amc in asf_amc_pairs(asf_amc):
+        clips.append((str(amc), load_asf_amc(skeleton, amc, fps=50.0, up="z")))
+    return clips
+
+
+def load_sequences(npy_paths, bvh_paths, up: str) -> list[np.ndarray]:
+    return [sequence for _, sequence in load_clips(npy_paths, bvh_paths, up)]
 
 
 def render(sequences, cameras, input_2d: str, limb_augment: float = 0.0, shoulder_augment: float | None = None,
@@ -243,6 +293,12 @@ def print_summary(summary: dict, as_json: bool) -> None:
         return
     width = max(map(len, summary))
     for key, value in summary.items():
+        if key == "per_clip":  # one line per evaluation clip
+            for clip, figures in value.items():
+                print(f"{'clip':>{width}}: {clip}: " + ", ".join(
+                    f"{name} {number:.1f}" if isinstance(number, float) else f"{name} {number}"
+                    for name, number in figures.items()))
+            continue
         print(f"{key:>{width}}: {value:.2f}" if isinstance(value, float) else f"{key:>{width}}: {value}")
 
 
@@ -255,20 +311,25 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     widths = tuple(int(w) for w in args.filter_widths.split(","))
-    train_sequences = load_sequences(args.train_npy, args.train_bvh, args.up)
-    eval_sequences = load_sequences(args.eval_npy, args.eval_bvh, args.up)
-    if not train_sequences and not eval_sequences:
+    train_clips = load_clips(args.train_npy, args.train_bvh, args.up)
+    eval_clips = load_clips(args.eval_npy, args.eval_bvh, args.up)
+    train_trials = load_clips((), (), args.up, args.train_asf_amc)  # whole trials: --split does not cut them
+    eval_trials = load_clips((), (), args.up, args.eval_asf_amc)
+    if not train_clips + train_trials and not eval_clips + eval_trials:
         print("no --train-npy/--train-bvh given: using a synthetic walking sequence (70 % / 30 % split)",
               file=sys.stderr)
-        train_sequences = eval_sequences = [synthetic_walk()]
+        train_clips = eval_clips = [("synthetic walk", synthetic_walk())]
         args.split = 0.7 if args.split is None else args.split
-    if not train_sequences or not eval_sequences:
+    if not train_clips + train_trials or not eval_clips + eval_trials:
         raise SystemExit("error: give both training and evaluation sequences")
     if args.split is not None:
         if not 0.0 < args.split < 1.0:
             raise SystemExit(f"error: --split must lie in (0, 1), got {args.split}")
-        train_sequences = [s[: int(round(args.split * len(s)))] for s in train_sequences]
-        eval_sequences = [s[int(round(args.split * len(s))):] for s in eval_sequences]
+        train_clips = [(name, s[: int(round(args.split * len(s)))]) for name, s in train_clips]
+        eval_clips = [(name, s[int(round(args.split * len(s))):]) for name, s in eval_clips]
+    train_clips, eval_clips = train_clips + train_trials, eval_clips + eval_trials
+    train_sequences = [sequence for _, sequence in train_clips]
+    eval_sequences = [sequence for _, sequence in eval_clips]
 
     # One seeded ring of cameras; the evaluation cameras sit between training cameras.
     centre = np.concatenate([s[:, 0] for s in train_sequences + eval_sequences]).mean(0)
@@ -300,11 +361,18 @@ def main(argv=None) -> int:
         eval_rotations = np.concatenate(eval_rotations)
         eval_targets = ray_frame_to_camera(eval_targets, eval_rotations)
 
-    def evaluate(model) -> dict[str, float]:
+    # rows of each evaluation clip in the predictions: render() goes clip by clip, camera by camera
+    clip_rows = np.cumsum([0] + [len(sequence) * len(eval_cameras) for sequence in eval_sequences])
+
+    def evaluate(model) -> dict:
+        """Metrics over all evaluation frames, and per clip under "per_clip"."""
         prediction = predict(model, eval_windows, device=args.device)
         if len(eval_rotations):
             prediction = ray_frame_to_camera(prediction, eval_rotations)
-        return pose_metrics(prediction, eval_targets)
+        metrics = pose_metrics(prediction, eval_targets)
+        metrics["per_clip"] = {name: pose_metrics(prediction[begin:end], eval_targets[begin:end])
+                               for (name, _), begin, end in zip(eval_clips, clip_rows[:-1], clip_rows[1:])}
+        return metrics
 
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=args.lr, amsgrad=True) for name, m in models.items()}
     schedulers = {name: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=args.epochs, eta_min=args.lr * 0.01)
@@ -410,6 +478,12 @@ def main(argv=None) -> int:
         "train_cameras": len(train_cameras) if args.camera_sampling == "fixed" else args.cameras_per_epoch,
         "eval_cameras": len(eval_cameras),
         "seconds": round(time.time() - started, 1),
+        "per_clip": {name: {"frames": len(sequence),
+                            "mpjpe_mm": results["glagcn"]["per_clip"][name]["mpjpe"],
+                            "p_mpjpe_mm": results["glagcn"]["per_clip"][name]["p_mpjpe"],
+                            "baseline_mpjpe_mm": results["baseline"]["per_clip"][name]["mpjpe"],
+                            "baseline_p_mpjpe_mm": results["baseline"]["per_clip"][name]["p_mpjpe"]}
+                     for name, sequence in eval_clips},
     }
     print_summary(summary, args.json)
     return 0

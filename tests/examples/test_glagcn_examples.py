@@ -83,6 +83,37 @@ def test_mocap_example_reads_npy_and_bvh(real_data, tmp_path, capsys):
         example.main(["--train-npy", str(tmp_path / "missing.npy"), "--eval-npy", str(clip)])
 
 
+def test_mocap_example_asf_amc_folders_and_per_clip_figures(real_data, tmp_path, capsys):
+    """Training on an ASF/AMC trial and a BVH folder, evaluation on two clips: figures per clip and over all
+    frames (frame-weighted); --split cuts the npy clip, not the ASF/AMC trial."""
+    example = load_example("mocap_glagcn")
+    cmu = real_data / "pose" / "cmu_asfamc"
+    if not (cmu / "03" / "03.asf").is_file():
+        pytest.skip("CMU ASF/AMC fixture missing")
+    clip = real_data / "pose" / "cmu_131_01_h36m17.npy"
+    bvh_folder = tmp_path / "bvh"
+    bvh_folder.mkdir()
+    (bvh_folder / "clip.bvh").symlink_to(real_data / "pose" / "cmu_131_01_scaled.bvh")
+    args = ["--train-asf-amc", str(cmu / "03" / "03.asf"), str(cmu / "03" / "03_02.amc"),
+            "--train-bvh", str(bvh_folder), "--eval-npy", str(clip),
+            "--eval-asf-amc", str(cmu / "03" / "03.asf"), str(cmu / "03" / "03_01.amc"), "--split", "0.7",
+            "--epochs", "1", "--channels", "8", "--filter-widths", "3", "--train-cameras", "2",
+            "--cameras-per-epoch", "2", "--eval-cameras", "1", "--frame-stride", "30", "--json", "--quiet"]
+    assert example.main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    per_clip = result["per_clip"]
+    assert list(per_clip) == [str(clip), str(cmu / "03" / "03_01.amc")]
+    assert per_clip[str(clip)]["frames"] == 415 - round(0.7 * 415)  # the clip's last 30 %
+    assert per_clip[str(cmu / "03" / "03_01.amc")]["frames"] > 100  # the whole trial
+    frames = [figures["frames"] for figures in per_clip.values()]
+    assert result["eval_frames"] == sum(frames)
+    for key in ("mpjpe_mm", "baseline_mpjpe_mm"):
+        overall = sum(figures[key] * count for figures, count in zip(per_clip.values(), frames)) / sum(frames)
+        assert result[key] == pytest.approx(overall, rel=1e-4)
+    with pytest.raises(ValueError, match="--\\*-asf-amc: expected folders or SKELETON.asf"):
+        example.main(["--train-asf-amc", str(cmu / "03" / "03_01.amc"), "--eval-npy", str(clip)])
+
+
 def write_fake_h36m(root: Path) -> None:
     rng = np.random.default_rng(0)
     cameras, positions_3d, positions_2d = {}, {}, {}
