@@ -91,8 +91,10 @@ class ScatterFormerBackbone(nn.Module):
         pillar_heads: heads of the attention pillar pooling (8).
         voxel_size, point_range: the voxelisation of the input; they size the grid.
 
-    ``forward(voxels: VoxelTensor)`` with ``voxels.features [V, in_channels]`` and ``voxels.spatial_shape`` equal
-    to :attr:`grid` (``grid_shape(voxel_size, point_range)``, ``(Z, Y, X)``) returns a :class:`ScatterFormerOutput`.
+    ``forward(voxels: VoxelTensor)`` with float32 ``voxels.features [V, in_channels]`` (float16 under CUDA
+    autocast; spconv has no float64 or bfloat16 kernels: those are refused with a ``TypeError``) and ``voxels.spatial_shape`` equal
+    to :attr:`grid` (``grid_shape(voxel_size, point_range)``, ``(Z, Y, X)``) returns a :class:`ScatterFormerOutput`;
+    with no voxel at all (an empty or out-of-range scene) a zero BEV map and empty levels of the same shapes.
     Attributes: ``grid`` the voxel grid ``(Z, Y, X)``; ``sparse_shape`` the spconv grid ``(Z + 1, Y, X)``;
     ``stem_height`` the z cells after the stem; ``pillar_height`` those of stage 2 (the pillar pooling's ``P``);
     ``bev_stride`` the BEV map's stride in voxels (2).
@@ -158,6 +160,11 @@ class ScatterFormerBackbone(nn.Module):
         if tuple(voxels.spatial_shape) != self.grid:
             raise ValueError(f"voxels: expected spatial_shape {self.grid} (voxel_size, point_range), "
                              f"got {tuple(voxels.spatial_shape)}")
+        if voxels.features.dtype not in (torch.float32, torch.float16):
+            raise TypeError(f"voxels: expected float32 features (or float16 under CUDA autocast): the spconv stem "
+                            f"has no {voxels.features.dtype} kernels, got {voxels.features.dtype}")
+        if voxels.num_voxels == 0:
+            return self._empty_output(voxels)
         # coords stay in [0, Z); the spconv grid has one more (empty) z layer, as the official backbone
         sparse = VoxelTensor(voxels.features, voxels.coords, self.sparse_shape, voxels.batch_size).to_spconv()
         sparse = self.stem_conv(sparse)
@@ -178,6 +185,22 @@ class ScatterFormerBackbone(nn.Module):
                                       pillar_coords[:, 2]], dim=1)
         pillars = VoxelTensor(pillar_features, pillar_coords4, (1, y_size, x_size), voxels.batch_size)
         return ScatterFormerOutput(bev.permute(0, 3, 1, 2), pillars, stage1, stage2)
+
+    def _empty_output(self, voxels: VoxelTensor) -> ScatterFormerOutput:
+        """No voxel in the batch (spconv cannot run on none): a zero BEV map and empty sparse levels, shapes
+        as for a non-empty input; the zero map stays connected to the parameters so a backward works."""
+        features = voxels.features
+        _, y_size, x_size = self.grid
+        y2, x2 = -(-y_size // 2), -(-x_size // 2)
+        anchor = 0.0 * sum(p.sum() for p in self.parameters())
+        bev = features.new_zeros(voxels.batch_size, self.channels, y2, x2) + anchor
+
+        def level(shape):
+            return VoxelTensor(features.new_zeros(0, self.channels), voxels.coords.new_zeros(0, 4), shape,
+                               voxels.batch_size)
+
+        return ScatterFormerOutput(bev, level((1, y2, x2)), level((self.stem_height, y_size, x_size)),
+                                   level((self.pillar_height, y2, x2)))
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(in_channels={self.in_channels}, channels={self.channels}, "

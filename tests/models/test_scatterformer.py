@@ -124,3 +124,27 @@ def test_z_grid_has_the_official_extra_layer_and_the_stem_keeps_the_top_voxel_la
     assert out.stage1.spatial_shape == (16, 40, 40)
     # (3, 1, 1) stride 2, no padding: output layer o reads input layers 2o, 2o + 1, 2o + 2
     assert sorted(out.stage1.coords[:, 1].tolist()) == [0, 15]
+
+
+@pytest.mark.parametrize("case", ["no points", "all out of range"])
+def test_empty_scene_gives_empty_outputs_of_the_right_shapes(case):
+    model = small_backbone()
+    vfe = small_vfe(model)
+    points = torch.zeros(0, 4) if case == "no points" else torch.full((5, 4), 1e3)
+    out = run(vfe, model, points)
+    assert out.bev.shape == (1, 16, 20, 20) and not out.bev.any()
+    assert out.stage1.features.shape == (0, 16) and out.stage1.spatial_shape == (16, 40, 40)
+    assert out.stage2.features.shape == (0, 16) and out.stage2.spatial_shape == (8, 20, 20)
+    assert out.pillars.num_voxels == 0
+    out.bev.sum().backward()  # connected: a training step on an empty scene does not fail
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dtypes_spconv_lacks_are_refused_naming_the_argument(dtype):
+    from geoattn.sparse.voxel import VoxelTensor
+
+    model = small_backbone()
+    voxels = VoxelTensor(torch.zeros(2, model.in_channels, dtype=dtype), torch.tensor([[0, 1, 2, 3], [0, 2, 2, 3]]),
+                         model.grid, 1)
+    with pytest.raises(TypeError, match=r"voxels: expected float32 .*" + str(dtype).split(".")[1]):
+        model(voxels)
