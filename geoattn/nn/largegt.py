@@ -242,7 +242,9 @@ class CodebookGlobalAttention(nn.Module):
             raise ValueError("x: expected finite queries for the codebook update, got NaN or inf "
                              "(in x, pos_enc or the layer's weights)")
         nearest = torch.cdist(normalised, self.embedding.to(work)).pow(2).argmin(dim=1)
-        counts = torch.bincount(nearest, minlength=self.num_centroids).to(work)
+        # index_add_ rather than bincount, which reads the maximum back to the host on CUDA
+        counts = torch.zeros(self.num_centroids, dtype=work, device=queries.device).index_add_(
+            0, nearest, torch.ones_like(nearest, dtype=work))
         size = self.ema_cluster_size.to(work) * self.decay + counts * (1 - self.decay)
         total = size.sum()
         size = (size + self.eps) / (total + self.num_centroids * self.eps) * total
@@ -257,15 +259,16 @@ class CodebookGlobalAttention(nn.Module):
             buffer.copy_(torch.where(finite, value, buffer.to(work)))
         if queries.size(0) > 1:
             self.norm.num_batches_tracked.add_(finite.long())
-        # assignments: one entry per distinct node (the last occurrence wins), counts kept in sync
-        unique, inverse = torch.unique(node_index, return_inverse=True)
-        new = torch.empty_like(unique)
-        new[inverse] = nearest
-        old = self.assignment[unique].long()
-        new = torch.where(finite, new, old)
-        self.cluster_counts.index_add_(0, old, torch.full_like(old, -1))
-        self.cluster_counts.index_add_(0, new, torch.ones_like(new))
-        self.assignment[unique] = new.to(torch.int32)
+        # assignments: one entry per distinct node (the last occurrence wins), counts kept in sync. Fixed
+        # shapes (a stable sort and additive updates, no unique): nothing is read back to the host.
+        nodes, order = torch.sort(node_index, stable=True)
+        last = torch.ones_like(nodes, dtype=torch.bool)
+        last[:-1] = nodes[1:] != nodes[:-1]
+        old = self.assignment[nodes].long()
+        new = torch.where(finite & last, nearest[order], old)
+        self.cluster_counts.index_add_(0, old, -last.long())
+        self.cluster_counts.index_add_(0, new, last.long())
+        self.assignment.index_add_(0, nodes, (new - old).to(torch.int32))
 
     def forward(self, x: Tensor, node_index: Tensor | None = None, pos_enc: Tensor | None = None,
                 return_attention: bool = False):
