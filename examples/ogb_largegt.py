@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from geoattn.data import (LargeGTCollate, LargeGTTokens, load_ogb_node_dataset, ogb_evaluator, ogb_node_split,
                           precompute_largegt, write_synthetic_ogb_node_dataset)
 from geoattn.data.snap_patents import load_snap_patents, random_split
+from geoattn.io import load_checkpoint, save_checkpoint
 from geoattn.models import LargeGT
 from geoattn.sparse import csr_from_edge_index
 
@@ -150,12 +151,6 @@ def predict(model, collate, nodes: torch.Tensor, args, device, rank: int, world:
     return predictions
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -166,6 +161,11 @@ def main(argv=None) -> int:
         return fail(f"--root {args.root!r} is not a folder")
     if args.resume and not (args.checkpoint and Path(args.checkpoint).is_file()):
         return fail(f"--resume needs an existing --checkpoint file, got {args.checkpoint!r}")
+    if args.resume:  # read before any work; weights-only: a file from elsewhere cannot run code
+        try:
+            args.resume_state = load_checkpoint(args.checkpoint)
+        except ValueError as error:
+            return fail(f"--checkpoint: {error}")
     device = torch.device(args.device)
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -213,7 +213,7 @@ def train(args, device: torch.device, rank: int, world: int) -> int:
         start_epoch, best = 0, {"valid": -1.0, "test": 0.0, "epoch": -1}
         history = []
         if args.resume:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)  # tensors and plain types
+            state = args.resume_state
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]

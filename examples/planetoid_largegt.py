@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 
 from geoattn.data import LargeGTCollate, precompute_largegt
 from geoattn.data.planetoid import load_planetoid
+from geoattn.io import load_checkpoint, save_checkpoint
 from geoattn.models import LargeGT
 from geoattn.sparse import csr_from_edge_index
 
@@ -94,12 +94,6 @@ def parse_args(argv=None):
     if args.eval_draws > 1 and not args.resample:
         parser.error(f"--eval-draws: more than one draw needs --resample (the stored table is one draw), got {args.eval_draws}")
     return args
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 # position of the target's own raw / 1-hop / 2-hop features among its 3K tokens
@@ -194,12 +188,16 @@ def main(argv=None) -> int:
         if not args.checkpoint or not Path(args.checkpoint).is_file():
             print(f"error: --resume needs an existing --checkpoint file, got {args.checkpoint!r}", file=sys.stderr)
             return 2
-        resume_state = torch.load(args.checkpoint, weights_only=False)  # our own file: plain dicts and tensors
+        try:
+            resume_state = load_checkpoint(args.checkpoint)  # weights-only: a file from elsewhere cannot run code
+        except ValueError as error:
+            print(f"error: --checkpoint: {error}", file=sys.stderr)
+            return 2
         results = resume_state["results"]
     with tempfile.TemporaryDirectory(prefix="geoattn_planetoid_") as tmp:
         try:
             data = load_planetoid(root, args.dataset, Path(tmp))
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         first_run = len(results)

@@ -155,8 +155,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a weights-only checkpoint or corrupt ({first})") from None
+        raise ValueError(f"{path}: not a weights-only checkpoint or corrupt ({_useful_line(error)})") from None
     except PermissionError:
         raise
     except Exception as error:  # the unpicklers raise many types (IndexError, EOFError, RuntimeError, ...)
@@ -227,7 +226,12 @@ def restricted_pickle_loads(data: bytes, source: str, what: str = "pickle"):
                 return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return _RestrictedUnpickler(io.BytesIO(data)).load()
     except Exception as error:  # a corrupt pickle raises many types (EOFError, KeyError, struct.error, ...)
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        # torch's weights-only refusal spreads over many lines; the one naming the global is the useful one
-        first = next((line for line in lines if "global" in line.lower() and "weights_only" not in line), lines[0])
-        raise PickleRefusedError(f"{source}: not a readable {what} ({type(error).__name__}: {first})") from None
+        raise PickleRefusedError(f"{source}: not a readable {what} ({type(error).__name__}: "
+                                 f"{_useful_line(error)})") from None
+
+
+def _useful_line(error: BaseException) -> str:
+    """One line of ``error``'s message: torch's weights-only refusal spreads over many lines, and the one that
+    names the refused global is the useful one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return next((line for line in lines if "global" in line.lower() and "weights_only" not in line), lines[0])

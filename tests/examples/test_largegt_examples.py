@@ -45,6 +45,28 @@ def test_ogb_example_errors(tmp_path, capsys):
     assert example.main(["--resume", "--checkpoint", str(tmp_path / "none.pt")]) == 2
 
 
+class _Hostile:
+    def __reduce__(self):
+        return (exec, ("import sys; sys.modules['geoattn'].PWNED = True",))
+
+
+def test_examples_resume_only_from_weights_only_checkpoints(real_data, tmp_path, capsys):
+    import geoattn
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"results": [], "run": 0, "payload": _Hostile()}, evil)
+    (tmp_path / "cut.pt").write_bytes(evil.read_bytes()[:50])
+    planetoid = ["--root", str(real_data / "graphs" / "planetoid"), "--dataset", "Cora", "--resume"]
+    for checkpoint in (evil, tmp_path / "cut.pt"):
+        assert load_example("ogb_largegt").main(["--resume", "--checkpoint", str(checkpoint)]) == 2
+        err = capsys.readouterr().err
+        assert "--checkpoint" in err and str(checkpoint) in err and err.count("\n") == 1
+        assert load_example("planetoid_largegt").main(planetoid + ["--checkpoint", str(checkpoint)]) == 2
+        err = capsys.readouterr().err
+        assert "--checkpoint" in err and str(checkpoint) in err and err.count("\n") == 1
+    assert not hasattr(geoattn, "PWNED")
+
+
 def test_ogb_example_snap_patents_mat(tmp_path, capsys):
     scipy_io = pytest.importorskip("scipy.io")
     import scipy.sparse as sp
