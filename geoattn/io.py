@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "figure_png", "current_umask", "save_checkpoint",
-           "load_checkpoint", "PickleRefusedError", "restricted_pickle_load",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "figure_png", "current_umask",
+           "save_checkpoint", "load_checkpoint", "PickleRefusedError", "restricted_pickle_load",
            "restricted_pickle_loads"]
 
 

@@ -154,7 +154,8 @@ def read_calib(path) -> KittiCalibration:
         rows, cols = sizes[key]
         values = _parse_floats(path, number, rest.split(), f"{key} value")
         if len(values) != rows * cols:
-            raise ValueError(f"{path}:{number}: {key}: expected {rows * cols} values ({rows}x{cols}), got {len(values)}")
+            raise ValueError(f"{path}:{number}: {key}: expected {rows * cols} values ({rows}x{cols}), "
+                             f"got {len(values)}")
         matrices[key] = _homogeneous(values, rows, cols, key)
     missing = [key for key in ("P0", "P1", "P2", "P3", "R0_rect", "Tr_velo_to_cam") if key not in matrices]
     if missing:

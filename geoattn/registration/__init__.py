@@ -9,8 +9,8 @@ from __future__ import annotations
 from geoattn._exports import lazy_exports
 
 _EXPORTS = {
-    "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "check_cloud", "check_downsampled", "json_dumps", "read_point_cloud",
-           "write_transform"],
+    "io": ["SUPPORTED_SUFFIXES", "atomic_write_bytes", "check_cloud", "check_downsampled", "json_dumps",
+           "read_point_cloud", "write_transform"],
     "losses": ["overlap_circle_loss", "patch_overlaps", "transport_labels", "transport_nll_loss"],
     "matching": ["Correspondences", "Patches", "fine_correspondences", "partition_points_to_nodes", "patch_scores",
                  "superpoint_matching"],

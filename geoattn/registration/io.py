@@ -11,8 +11,8 @@ from geoattn.data.points import POINT_FILE_SUFFIXES as SUPPORTED_SUFFIXES
 from geoattn.data.points import read_point_file
 from geoattn.io import atomic_write_bytes
 
-__all__ = ["SUPPORTED_SUFFIXES", "read_point_cloud", "write_transform", "atomic_write_bytes", "check_cloud", "check_downsampled",
-           "json_dumps"]
+__all__ = ["SUPPORTED_SUFFIXES", "read_point_cloud", "write_transform", "atomic_write_bytes", "check_cloud",
+           "check_downsampled", "json_dumps"]
 
 
 def read_point_cloud(path: str | os.PathLike) -> torch.Tensor:

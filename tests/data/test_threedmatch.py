@@ -82,7 +82,8 @@ def test_predator_training_layout(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("0 1 x\n" + "1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 1: expected 'i j n' \(3 int values\)"),
     ("0 1 2\n" + "1 0 0 0\n0 1 zero 0\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 3: expected a row of a 4x4 matrix"),
-    ("0 1 2\n" + "1 0 0 0\n0 1 0\n0 0 1 0 5\n0 0 0 1\n", r"gt.log: line 3: expected a row of a 4x4 matrix \(4 values\)"),
+    ("0 1 2\n" + "1 0 0 0\n0 1 0\n0 0 1 0 5\n0 0 0 1\n",
+     r"gt.log: line 3: expected a row of a 4x4 matrix \(4 values\)"),
     ("0 1 2\n" + "1 0 0 0\n0 1 0 nan\n0 0 1 0\n0 0 0 1\n", r"gt.log: line 3: expected finite numbers"),
 ])
 def test_gt_log_errors_name_the_line(tmp_path, text, message):
@@ -107,8 +108,9 @@ def test_one_unpickler_for_all_data_pickles(tmp_path):
 def test_pair_list_errors_name_the_file_and_key(tmp_path):
     (tmp_path / "metadata").mkdir()
     entry = {"pcd0": "a.pth", "pcd1": "b.pth", "rotation": np.eye(3), "translation": np.zeros(3), "overlap": 0.5}
-    for broken, message in [({k: v for k, v in entry.items() if k != "rotation"}, r"pair 0: missing key\(s\) 'rotation'"),
-                            ({**entry, "translation": np.zeros(2)}, r"pair 0: expected a 3x3 rotation and a 3-vector")]:
+    cases = [({k: v for k, v in entry.items() if k != "rotation"}, r"pair 0: missing key\(s\) 'rotation'"),
+             ({**entry, "translation": np.zeros(2)}, r"pair 0: expected a 3x3 rotation and a 3-vector")]
+    for broken, message in cases:
         (tmp_path / "metadata" / "train.pkl").write_bytes(pickle.dumps([broken]))
         with pytest.raises(ValueError, match=message) as info:
             ThreeDMatchPairs(tmp_path, "train")
