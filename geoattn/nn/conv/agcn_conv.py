@@ -132,7 +132,8 @@ class AGCNConv(MessagePassing):
             k, e = self.num_subsets, self.embed_channels
             theta = self.theta(frames).view(num_nodes, steps, k, e)
             phi = self.phi(frames).view(num_nodes, steps, k, e)
-            logits = (theta.index_select(0, edges[0]) * phi.index_select(0, edges[1])).sum(dim=(1, 3)) / float(e * steps)
+            logits = (theta.index_select(0, edges[0]) * phi.index_select(0, edges[1])).sum(dim=(1, 3))
+            logits = logits / float(e * steps)
             accumulate = torch.promote_types(logits.dtype, torch.float32)
             weight = weight + softmax(logits.to(accumulate), edges[1], num_nodes=num_nodes).to(frames.dtype)
         return self.propagate(edges, x=frames, edge_weight=weight.view(-1, self.num_subsets, 1, 1),
