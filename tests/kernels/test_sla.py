@@ -236,3 +236,21 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu():
     result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-2000:]
+
+
+def test_cpu_path_compiles_without_graph_breaks():
+    """torch.compile traces the CPU path whole: no torch.get_num_threads() (a graph break) and no value read of
+    the offsets in the segment sum of windows longer than one chunk."""
+    window = window_of_lengths([70, 3, 40, 1])  # windows of several 32-row chunks: the segment sum runs
+    q, k, v = make_inputs(window.num_voxels, 2, 8)
+    scattered_linear_attention(q, k, v, window, backend="cpu")  # the partition's tables are built once, eagerly
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # with several threads the multi-threaded branch is the one that asks for them
+    try:
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(
+            lambda q, k, v: scattered_linear_attention(q, k, v, window, backend="cpu"))(q, k, v)
+    finally:
+        torch.set_num_threads(previous)
+        torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
