@@ -3,7 +3,7 @@
 Examples::
 
     # synthetic KITTI scenes (generated once into --out/synthetic), CPU, at most 60 minutes of training
-    python examples/train_detector.py --config kitti_scatterformer --synthetic 400 --epochs 20 --max-minutes 60 --out runs/kitti
+    python examples/train_detector.py --config kitti_scatterformer --synthetic 600 --max-minutes 60 --out runs/kitti
     # a KITTI object folder (training/{velodyne,calib,label_2,image_2}, ImageSets/{train,val}.txt)
     python examples/train_detector.py --config kitti_scatterformer --data-root data/kitti --out runs/kitti
     # OpenPCDet's processed Waymo data, 8 GPUs (the official recipe; the one-cycle schedule counts per-GPU steps)
