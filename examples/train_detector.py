@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import math
 import os
@@ -83,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bn-batches", type=int, default=32, metavar="N",
                         help="after training, recompute BatchNorm statistics over N training batches (0: keep the "
                              "running averages)")
+    parser.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
+                        help="seconds a collective may wait under torchrun before the run fails (no hang)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--json", action="store_true", help="print the final result as one JSON line (rank 0)")
     return parser.parse_args(argv)
@@ -182,7 +185,10 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         return fail("--device cuda: CUDA is not available")
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if not args.dist_timeout > 0:
+            return fail(f"--dist-timeout: expected a positive number of seconds, got {args.dist_timeout}")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(seconds=args.dist_timeout))
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

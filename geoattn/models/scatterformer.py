@@ -91,8 +91,8 @@ class ScatterFormerBackbone(nn.Module):
         pillar_heads: heads of the attention pillar pooling (8).
         voxel_size, point_range: the voxelisation of the input; they size the grid.
 
-    ``forward(voxels: VoxelTensor)`` with float32 ``voxels.features [V, in_channels]`` (float16 under CUDA
-    autocast; spconv has no float64 or bfloat16 kernels: those are refused with a ``TypeError``) and ``voxels.spatial_shape`` equal
+    ``forward(voxels: VoxelTensor)`` with float32 or float64 ``voxels.features [V, in_channels]`` (float16 under
+    CUDA autocast; spconv has no bfloat16 kernels: bfloat16 is refused with a ``TypeError``) and ``voxels.spatial_shape`` equal
     to :attr:`grid` (``grid_shape(voxel_size, point_range)``, ``(Z, Y, X)``) returns a :class:`ScatterFormerOutput`;
     with no voxel at all (an empty or out-of-range scene) a zero BEV map and empty levels of the same shapes.
     Attributes: ``grid`` the voxel grid ``(Z, Y, X)``; ``sparse_shape`` the spconv grid ``(Z + 1, Y, X)``;
@@ -160,9 +160,9 @@ class ScatterFormerBackbone(nn.Module):
         if tuple(voxels.spatial_shape) != self.grid:
             raise ValueError(f"voxels: expected spatial_shape {self.grid} (voxel_size, point_range), "
                              f"got {tuple(voxels.spatial_shape)}")
-        if voxels.features.dtype not in (torch.float32, torch.float16):
-            raise TypeError(f"voxels: expected float32 features (or float16 under CUDA autocast): the spconv stem "
-                            f"has no {voxels.features.dtype} kernels, got {voxels.features.dtype}")
+        if voxels.features.dtype not in (torch.float32, torch.float64, torch.float16):
+            raise TypeError(f"voxels: expected float32 or float64 features (float16 under CUDA autocast): the "
+                            f"spconv stem has no {voxels.features.dtype} kernels, got {voxels.features.dtype}")
         if voxels.num_voxels == 0:
             return self._empty_output(voxels)
         # coords stay in [0, Z); the spconv grid has one more (empty) z layer, as the official backbone

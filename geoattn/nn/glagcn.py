@@ -192,8 +192,8 @@ class AdaptiveGraphConv(nn.Module):
             return adjacency
         n, _, t, v = x.shape
         k, e = self.num_subsets, self.embed_channels
-        theta = self.theta(x).view(n, k, e * t, v)
-        phi = self.phi(x).view(n, k, e * t, v)
+        theta = self.theta(x).reshape(n, k, e * t, v)
+        phi = self.phi(x).reshape(n, k, e * t, v)
         logits = theta.transpose(-1, -2) @ phi / float(e * t)
         # Softmax over the source joint v; at least fp32 so half-precision inputs do not overflow.
         attention = torch.softmax(logits, dim=-2, dtype=torch.promote_types(logits.dtype, torch.float32))
