@@ -28,7 +28,7 @@ import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_figure", "figure_png", "current_umask",
            "save_checkpoint", "load_checkpoint", "PickleRefusedError", "restricted_pickle_load",
-           "restricted_pickle_loads"]
+           "restricted_pickle_loads", "check_plain"]
 
 
 def current_umask() -> int:
@@ -95,7 +95,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _check_plain(value: Any, where: str) -> None:
+def check_plain(value: Any, where: str) -> None:
     """Raise ``TypeError`` naming the key path when ``value`` holds anything but plain YAML/JSON types."""
     if isinstance(value, _PLAIN):
         return
@@ -103,11 +103,11 @@ def _check_plain(value: Any, where: str) -> None:
         for key, item in value.items():
             if not isinstance(key, (str, int)):
                 raise TypeError(f"{where}: keys must be str or int, got {type(key).__name__} {key!r}")
-            _check_plain(item, f"{where}.{key}")
+            check_plain(item, f"{where}.{key}")
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_plain(item, f"{where}[{index}]")
+            check_plain(item, f"{where}[{index}]")
         return
     raise TypeError(f"{where}: expected plain types (dict, list, str, int, float, bool, None), got "
                     f"{type(value).__name__}")
@@ -128,7 +128,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], config: M
         raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
     payload = dict(state)
     if config is not None:
-        _check_plain(config, "config")
+        check_plain(config, "config")
         if "config" in payload and payload["config"] != config:
             raise ValueError("save_checkpoint: state already has a 'config' entry that differs from config")
         payload["config"] = dict(config)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from geoattn.io import _check_plain, atomic_write_bytes
+from geoattn.io import check_plain, atomic_write_bytes
 
 __all__ = [
     "LocalAugmenter",
@@ -310,7 +310,7 @@ class LocalAugmenter(nn.Module):
         str, int, float, bool, None, lists and dicts) records how the generator was fitted (seed, epochs,
         ...); :meth:`load` returns it as ``model.metadata``."""
         metadata = {} if metadata is None else dict(metadata)
-        _check_plain(metadata, "metadata")
+        check_plain(metadata, "metadata")
         payload = {"format": _FORMAT, "config": self.config, "metadata": metadata,
                    "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()}}
         buffer = io.BytesIO()
